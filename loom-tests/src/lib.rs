@@ -1,0 +1,1 @@
+//! loom model checks live in `tests/`; this crate has no library code.

@@ -1,0 +1,501 @@
+//! Consumers: read partitions by offset, like a log.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::group_table;
+use crate::offset::{OffsetStore, ShmOffsetStore};
+use crate::os;
+use crate::ring::{self, ReadOutcome, RecordBuf};
+use crate::sync::Ordering;
+use crate::topic::Topic;
+use crate::wait::{WaitStrategy, Waiter};
+
+/// Where to position a consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeekPolicy {
+    /// The oldest record still in the ring.
+    Earliest,
+    /// The next record to be published (skip what is there).
+    Latest,
+    /// The group's committed offset, or `Earliest` if it never committed.
+    Committed,
+    /// An explicit offset (clamped to what is retained when read: a too-old
+    /// offset reports the records it lost as lag).
+    Offset(u64),
+}
+
+/// One record read from a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Partition index.
+    pub partition: u32,
+    /// Offset in the partition.
+    pub offset: u64,
+    /// Unix-epoch nanoseconds when the producer sent it.
+    pub timestamp_ns: u64,
+    /// Key, if sent with one.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Vec<u8>,
+}
+
+/// A reader fell a whole ring behind on a partition and lost records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lagged {
+    /// Partition index.
+    pub partition: u32,
+    /// Exactly how many offsets were overwritten before this reader got to them.
+    pub missed: u64,
+    /// The offset it continued at.
+    pub resumed_at: u64,
+}
+
+/// What one poll returned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Polled {
+    /// Records, in offset order within each partition.
+    pub records: Vec<Record>,
+    /// Loss events (overwrite topics only).
+    pub lagged: Vec<Lagged>,
+    /// Records skipped because their slot was malformed (a buggy peer).
+    pub corrupt: u64,
+}
+
+impl Polled {
+    /// Whether nothing at all happened.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.lagged.is_empty() && self.corrupt == 0
+    }
+}
+
+impl IntoIterator for Polled {
+    type Item = Record;
+    type IntoIter = std::vec::IntoIter<Record>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.records.into_iter()
+    }
+}
+
+/// Where a record read by [`Consumer::poll_into`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// Partition index.
+    pub partition: u32,
+    /// Offset in the partition.
+    pub offset: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    partition: u32,
+    next: u64,
+}
+
+/// Reads assigned partitions of a topic on behalf of a consumer group.
+///
+/// Positions are private to this consumer until [`Consumer::commit`] stores
+/// them in its [`OffsetStore`] (by default the topic's shared-memory group
+/// table, so another process of the group resumes from there).
+///
+/// # Examples
+/// ```no_run
+/// # let mgr = shmq::TopicManager::new()?;
+/// let topic = mgr.open_or_create("events", shmq::TopicConfig::default())?;
+/// let mut consumer = shmq::Consumer::new(&topic, "billing")?; // all partitions, from committed
+/// for record in consumer.poll(100)? {
+///     println!("{}@{}: {:?}", record.partition, record.offset, record.value);
+/// }
+/// consumer.commit()?;
+/// # Ok::<(), shmq::Error>(())
+/// ```
+pub struct Consumer {
+    topic: Topic,
+    group: String,
+    store: Box<dyn OffsetStore>,
+    cursors: Vec<Cursor>,
+    rr: usize,
+    buf: RecordBuf,
+    strategy: WaitStrategy,
+    missed: u64,
+    corrupt: u64,
+    group_index: Option<u32>,
+    last_touch_ns: u64,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("topic", &self.topic.name())
+            .field("group", &self.group)
+            .field("assigned", &self.assignment())
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// A consumer of `group` assigned every partition, positioned at the
+    /// group's committed offsets (or the earliest retained records), with
+    /// offsets kept in shared memory.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for a bad group name, [`Error::GroupTableFull`].
+    pub fn new(topic: &Topic, group: &str) -> Result<Consumer> {
+        Self::with_store(topic, group, Box::new(ShmOffsetStore))
+    }
+
+    /// Like [`Consumer::new`] with a chosen offset store.
+    ///
+    /// # Errors
+    /// As [`Consumer::new`].
+    pub fn with_store(topic: &Topic, group: &str, store: Box<dyn OffsetStore>) -> Result<Consumer> {
+        crate::name::validate_group(group)?;
+        if topic.inner.reclaimed() {
+            return Err(topic.inner.expired());
+        }
+        // Register the group so that backpressure and `info` see it at once.
+        let group_index = Some(group_table::find_or_create(&topic.inner, group)?);
+        let mut c = Consumer {
+            topic: topic.clone(),
+            group: group.to_string(),
+            store,
+            cursors: Vec::new(),
+            rr: 0,
+            buf: RecordBuf::default(),
+            strategy: WaitStrategy::default(),
+            missed: 0,
+            corrupt: 0,
+            group_index,
+            last_touch_ns: 0,
+        };
+        let all: Vec<u32> = (0..topic.partitions()).collect();
+        c.assign(&all)?;
+        Ok(c)
+    }
+
+    /// Set how blocking receives wait (default [`WaitStrategy::Backoff`]).
+    pub fn with_wait_strategy(mut self, strategy: WaitStrategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The group name.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// Replace the assignment with `partitions`, each positioned at the
+    /// group's committed offset (or the earliest retained record).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchPartition`].
+    pub fn assign(&mut self, partitions: &[u32]) -> Result<()> {
+        let mut cursors = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            self.topic.inner.partition(p)?;
+            if cursors.iter().any(|c: &Cursor| c.partition == p) {
+                continue;
+            }
+            let next = self.resolve(p, SeekPolicy::Committed)?;
+            cursors.push(Cursor { partition: p, next });
+        }
+        self.cursors = cursors;
+        self.rr = 0;
+        Ok(())
+    }
+
+    /// The assigned partitions.
+    pub fn assignment(&self) -> Vec<u32> {
+        self.cursors.iter().map(|c| c.partition).collect()
+    }
+
+    fn resolve(&self, p: u32, policy: SeekPolicy) -> Result<u64> {
+        let part = self.topic.inner.partition(p)?;
+        Ok(match policy {
+            SeekPolicy::Earliest => ring::earliest(part.header(), part.geo),
+            SeekPolicy::Latest => ring::latest(part.header()),
+            SeekPolicy::Offset(o) => o,
+            SeekPolicy::Committed => match self.store.load(&self.topic, &self.group, p)? {
+                Some(o) => o,
+                None => ring::earliest(part.header(), part.geo),
+            },
+        })
+    }
+
+    /// Position every assigned partition.
+    ///
+    /// # Errors
+    /// Offset-store errors.
+    pub fn seek(&mut self, policy: SeekPolicy) -> Result<()> {
+        for i in 0..self.cursors.len() {
+            self.cursors[i].next = self.resolve(self.cursors[i].partition, policy)?;
+        }
+        Ok(())
+    }
+
+    /// Position one assigned partition.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchPartition`] if it is not assigned; offset-store errors.
+    pub fn seek_partition(&mut self, partition: u32, policy: SeekPolicy) -> Result<()> {
+        let next = self.resolve(partition, policy)?;
+        let c = self.cursor_mut(partition)?;
+        c.next = next;
+        Ok(())
+    }
+
+    fn cursor_mut(&mut self, partition: u32) -> Result<&mut Cursor> {
+        let partitions = self.topic.partitions();
+        let topic = self.topic.name().to_string();
+        self.cursors
+            .iter_mut()
+            .find(|c| c.partition == partition)
+            .ok_or(Error::NoSuchPartition {
+                topic,
+                partition,
+                partitions,
+            })
+    }
+
+    /// The next offset this consumer will read on `partition`, if assigned.
+    pub fn position(&self, partition: u32) -> Option<u64> {
+        self.cursors
+            .iter()
+            .find(|c| c.partition == partition)
+            .map(|c| c.next)
+    }
+
+    /// Records published but not yet read on `partition` (0 if not assigned).
+    pub fn lag(&self, partition: u32) -> u64 {
+        match (
+            self.position(partition),
+            self.topic.inner.partition(partition),
+        ) {
+            (Some(next), Ok(part)) => ring::latest(part.header()).saturating_sub(next),
+            _ => 0,
+        }
+    }
+
+    /// Total offsets this consumer lost to lapping since it was created.
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    /// Total malformed records skipped since it was created.
+    pub fn corrupt(&self) -> u64 {
+        self.corrupt
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if self.topic.inner.reclaimed() {
+            return Err(self.topic.inner.expired());
+        }
+        // Tell backpressure writers this group is alive, a few times per
+        // dead-group timeout (never per message).
+        let now = os::now_ns();
+        let every =
+            (self.topic.inner.config.dead_group_timeout.as_nanos() as u64 / 4).max(1_000_000);
+        if now.saturating_sub(self.last_touch_ns) >= every {
+            self.last_touch_ns = now;
+            if let Some(g) = self.group_index {
+                self.topic
+                    .inner
+                    .group(g)
+                    .header
+                    .last_active_ns
+                    .fetch_max(now, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the next record of any assigned partition into `buf` without
+    /// allocating (once `buf` has grown). Lag and corrupt records are counted
+    /// in [`Consumer::missed`] and [`Consumer::corrupt`].
+    ///
+    /// # Errors
+    /// [`Error::LeaseExpired`].
+    pub fn poll_into(&mut self, buf: &mut RecordBuf) -> Result<Option<Delivered>> {
+        self.check_alive()?;
+        let n = self.cursors.len();
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let c = &mut self.cursors[i];
+            let part = &self.topic.inner.parts[c.partition as usize];
+            loop {
+                match ring::read(part.header(), &part.slots(), c.next, buf) {
+                    ReadOutcome::Record => {
+                        let d = Delivered {
+                            partition: c.partition,
+                            offset: c.next,
+                        };
+                        c.next += 1;
+                        self.rr = (i + 1) % n;
+                        return Ok(Some(d));
+                    }
+                    ReadOutcome::NotYet => break,
+                    ReadOutcome::Lapped { missed, resume } => {
+                        self.missed += missed;
+                        c.next = resume;
+                    }
+                    ReadOutcome::Corrupt => {
+                        self.corrupt += 1;
+                        c.next += 1;
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Read up to `max` records from the assigned partitions, without waiting.
+    ///
+    /// # Errors
+    /// [`Error::LeaseExpired`].
+    pub fn poll(&mut self, max: usize) -> Result<Polled> {
+        self.check_alive()?;
+        let mut out = Polled::default();
+        let n = self.cursors.len();
+        if n == 0 {
+            return Ok(out);
+        }
+        let start = self.rr;
+        for k in 0..n {
+            if out.records.len() >= max {
+                break;
+            }
+            let i = (start + k) % n;
+            let c = &mut self.cursors[i];
+            let part = &self.topic.inner.parts[c.partition as usize];
+            let slots = part.slots();
+            while out.records.len() < max {
+                match ring::read(part.header(), &slots, c.next, &mut self.buf) {
+                    ReadOutcome::Record => {
+                        out.records.push(Record {
+                            partition: c.partition,
+                            offset: c.next,
+                            timestamp_ns: self.buf.timestamp_ns,
+                            key: self.buf.key().map(<[u8]>::to_vec),
+                            value: self.buf.value().to_vec(),
+                        });
+                        c.next += 1;
+                    }
+                    ReadOutcome::NotYet => break,
+                    ReadOutcome::Lapped { missed, resume } => {
+                        self.missed += missed;
+                        out.lagged.push(Lagged {
+                            partition: c.partition,
+                            missed,
+                            resumed_at: resume,
+                        });
+                        c.next = resume;
+                    }
+                    ReadOutcome::Corrupt => {
+                        self.corrupt += 1;
+                        out.corrupt += 1;
+                        c.next += 1;
+                    }
+                }
+            }
+        }
+        self.rr = (start + 1) % n;
+        Ok(out)
+    }
+
+    /// Like [`Consumer::poll`], but wait up to `timeout` for at least one
+    /// record (or loss event). Returns an empty [`Polled`] on timeout.
+    ///
+    /// # Errors
+    /// [`Error::LeaseExpired`].
+    pub fn poll_timeout(&mut self, max: usize, timeout: Duration) -> Result<Polled> {
+        let deadline = Instant::now() + timeout;
+        let mut waiter = Waiter::new(self.strategy);
+        loop {
+            let got = self.poll(max)?;
+            if !got.is_empty() || Instant::now() >= deadline {
+                return Ok(got);
+            }
+            self.wait_once(&mut waiter, Some(deadline));
+        }
+    }
+
+    /// Wait up to `timeout` for the next record.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::LeaseExpired`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Record> {
+        let deadline = Instant::now() + timeout;
+        let mut waiter = Waiter::new(self.strategy);
+        loop {
+            let mut got = self.poll(1)?;
+            if let Some(r) = got.records.pop() {
+                return Ok(r);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            self.wait_once(&mut waiter, Some(deadline));
+        }
+    }
+
+    /// Like [`Consumer::poll_into`], waiting up to `timeout` for a record.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::LeaseExpired`].
+    pub fn recv_into(
+        &mut self,
+        buf: &mut RecordBuf,
+        timeout: Option<Duration>,
+    ) -> Result<Delivered> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut waiter = Waiter::new(self.strategy);
+        loop {
+            if let Some(d) = self.poll_into(buf)? {
+                return Ok(d);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout);
+            }
+            self.wait_once(&mut waiter, deadline);
+        }
+    }
+
+    fn wait_once(&self, waiter: &mut Waiter, deadline: Option<Instant>) {
+        let inner = &self.topic.inner;
+        let parts = self
+            .cursors
+            .iter()
+            .map(|c| (inner.parts[c.partition as usize].header(), c.next));
+        // Park at most 100 ms at a time so a reclaimed topic is noticed.
+        let cap = Instant::now() + Duration::from_millis(100);
+        let deadline = Some(deadline.map_or(cap, |d| d.min(cap)));
+        waiter.wait(inner.meta.meta_header(), parts, deadline);
+    }
+
+    /// Commit the current position of every assigned partition.
+    ///
+    /// # Errors
+    /// Offset-store errors.
+    pub fn commit(&mut self) -> Result<()> {
+        for c in &self.cursors {
+            self.store
+                .commit(&self.topic, &self.group, c.partition, c.next)?;
+        }
+        Ok(())
+    }
+
+    /// Commit `next_offset` (the next offset to process) for one partition.
+    ///
+    /// # Errors
+    /// Offset-store errors, [`Error::NoSuchPartition`].
+    pub fn commit_offset(&mut self, partition: u32, next_offset: u64) -> Result<()> {
+        self.topic.inner.partition(partition)?;
+        self.store
+            .commit(&self.topic, &self.group, partition, next_offset)
+    }
+}

@@ -1,0 +1,444 @@
+//! Every byte shmq puts in shared memory is defined here, and nowhere else.
+//!
+//! Two kinds of region exist per topic, both named POSIX shared-memory objects
+//! (`/dev/shm/<name>`, see [`crate::name`]):
+//!
+//! * one **meta** region, `shmq.<ns>.<topic>.meta`: the topic's configuration
+//!   (so any process can open a topic by name alone), its lease, and the
+//!   consumer-group table (committed offsets, members, claims);
+//! * one **partition** region per partition, `shmq.<ns>.<topic>.p<N>`: a header
+//!   and a ring of fixed-size slots.
+//!
+//! Nothing in shared memory is a pointer: only offsets and plain integers, all
+//! little-endian host order, all `#[repr(C)]`. Every line that one side writes
+//! and the other side polls sits on its own 64-byte cache line.
+//!
+//! # Partition region
+//!
+//! ```text
+//!  byte  0               8               16              24              32      ...     64
+//!  0x000 +---------------+-------+-------+---------------+---------------+---------------+
+//!        | magic (atomic)|version| kind  | slots         | slot_size     | stride, len,  |  IDENTITY
+//!        |               |  u32  |  u32  | u64 (2^k)     | u64 payload   | partition,    |  written once
+//!        |               |       |       |               | bytes         | overflow, ctime| by the creator
+//!  0x040 +---------------+---------------+---------------+---------------+---------------+
+//!        | expiry (atomic| ttl_ns        | writer (atomic| created_ns    | (pad)         |  CONTROL
+//!        | Unix ns, MAX= | u64           | epoch<<32 |   |               |               |  read by every
+//!        | reclaimed)    |               | owner token)  |               |               |  op, rarely written
+//!  0x080 +---------------+---------------+-------------------------------+---------------+
+//!        | cursor (atomic): next offset the writer will publish          |  (pad)        |  WRITE (writer only)
+//!  0x0C0 +-------+-------+---------------------------------------------------------------+
+//!        |waiters| (pad)                                                                 |  WAKE (readers parked
+//!        |u32 atm|                                                                       |  on meta `notify`)
+//!  0x100 +---------------+---------------+-----------------------------------------------+
+//!        | full_events   | takeovers     | (pad)                                         |  COUNTERS
+//!  0x140 +---------------+---------------+-----------------------------------------------+
+//!        | (reserved to 0x200)                                                           |
+//!  0x200 +===============================================================================+
+//!        | slot 0  (stride bytes, a multiple of 64)                                      |
+//!        | slot 1                                                                        |
+//!        | ...   slots = 2^k                                                             |
+//!        +===============================================================================+
+//!
+//!  slot   0               8       12      16              24
+//!        +---------------+-------+-------+---------------+---------------------------+
+//!        | seq (atomic)  |val_len|key_len| timestamp_ns  | key bytes | value bytes   |
+//!        | 0 = empty     |  u32  |  u32  | u64 (Unix)    | (key_len + val_len        |
+//!        | 2o+1 writing o|       |bit31= |               |   <= slot_size)           |
+//!        | 2o+2 holds o  |       |has key|               |                           |
+//!        +---------------+-------+-------+---------------+---------------------------+
+//! ```
+//!
+//! `stride = round_up(SLOT_HEADER + slot_size, 64)`; the region's length is
+//! `PARTITION_HEADER + slots * stride`, checked against `fstat` on attach.
+//!
+//! # Meta region
+//!
+//! ```text
+//!  0x000 +-------------------------------------------------------------------------------+
+//!        | magic (atomic) | version | kind | partitions | overflow | slots | slot_size |  IDENTITY
+//!        | retention_ns | mode | group_cap | member_cap | dead_group_ms                  |
+//!  0x040 +-------------------------------------------------------------------------------+
+//!        | expiry (atomic) | ttl_ns | created_ns | region_len | notify (u32 futex) | pad  |  CONTROL
+//!  0x080 +===============================================================================+
+//!        | group 0: GroupHeader (64 B)                                                   |
+//!        |          members[member_cap]        (64 B each: MemberEntry)                  |
+//!        |          partitions[partitions]     (64 B each: GroupPartition)               |
+//!        | group 1 ...                    up to group_cap groups                         |
+//!        +===============================================================================+
+//! ```
+//!
+//! Compile-time asserts at the bottom of this file keep the diagrams honest.
+
+use crate::sync::{AtomicU32, AtomicU64};
+
+/// `b"SHMQRING"` read as a little-endian `u64`; marks a fully initialised region.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQRING");
+/// Version of this layout. Bump it on any change to a struct in this file.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Region kind stored in the identity line.
+pub const KIND_PARTITION: u32 = 1;
+/// Region kind stored in the identity line.
+pub const KIND_META: u32 = 2;
+
+/// Bytes before slot 0 in a partition region.
+pub const PARTITION_HEADER: usize = 0x200;
+/// Bytes before group 0 in a meta region.
+pub const META_HEADER: usize = 0x80;
+/// Bytes of per-slot header (seq, lengths, timestamp) before the payload.
+pub const SLOT_HEADER: usize = 24;
+/// Cache line size the layout pads to.
+pub const LINE: usize = 64;
+
+/// `expiry` value meaning "the supervisor reclaimed this region".
+pub const RECLAIMED: u64 = u64::MAX;
+
+/// Bit set in a slot's `key_len` word when the record carries a key.
+pub const HAS_KEY: u32 = 1 << 31;
+
+/// Largest partition count a topic may have.
+pub const MAX_PARTITIONS: u32 = 256;
+/// Consumer groups per topic (fixed capacity of the group table).
+pub const GROUP_CAPACITY: u32 = 16;
+/// Members per consumer group (fixed capacity of the member table).
+pub const MEMBER_CAPACITY: u32 = 32;
+/// Longest group name in bytes.
+pub const GROUP_NAME_MAX: usize = 40;
+
+/// The lease line every region carries: `expiry` (Unix ns, or [`RECLAIMED`])
+/// and the `ttl` renewals extend it by.
+#[repr(C)]
+pub struct Lease {
+    /// Unix-epoch nanoseconds after which the supervisor may reclaim the
+    /// region; [`RECLAIMED`] once it has. Renewed by CAS (see `crate::lease`).
+    pub expiry: AtomicU64,
+    /// Renewal period granted by one renewal, in nanoseconds. Written once.
+    pub ttl_ns: u64,
+}
+
+/// Identity and control lines of a partition region.
+#[repr(C)]
+pub struct PartitionHeader {
+    // ---- IDENTITY (0x000) ----
+    /// [`MAGIC`], stored last (Release) by the creator.
+    pub magic: AtomicU64,
+    /// [`LAYOUT_VERSION`].
+    pub version: u32,
+    /// [`KIND_PARTITION`].
+    pub kind: u32,
+    /// Slot count, a power of two.
+    pub slots: u64,
+    /// Payload bytes (key + value) one slot holds.
+    pub slot_size: u64,
+    /// Bytes from one slot to the next.
+    pub stride: u64,
+    /// Total region length in bytes.
+    pub region_len: u64,
+    /// Index of this partition in its topic.
+    pub partition: u32,
+    /// Overflow policy (`0` overwrite, `1` backpressure).
+    pub overflow: u32,
+    /// Unix ns when the region was created.
+    pub created_ns: u64,
+    // ---- CONTROL (0x040) ----
+    /// The region lease.
+    pub lease: Lease,
+    /// Writer lease: `epoch << 32 | owner_token`; owner 0 = no writer.
+    pub writer: AtomicU64,
+    _pad1: [u64; 5],
+    // ---- WRITE (0x080) ----
+    /// Next offset the writer will publish (published after the slot).
+    pub cursor: AtomicU64,
+    _pad2: [u64; 7],
+    // ---- WAKE (0x0C0) ----
+    /// Number of readers parked (or about to park) waiting for this
+    /// partition; they sleep on the topic's futex word (`MetaHeader::notify`).
+    pub waiters: AtomicU32,
+    _pad3a: u32,
+    _pad3: [u64; 7],
+    // ---- COUNTERS (0x100) ----
+    /// Times a `try_send` found the ring full (backpressure topics).
+    pub full_events: AtomicU64,
+    /// Times the writer lease was taken over from a dead writer.
+    pub takeovers: AtomicU64,
+    _pad4: [u64; 6],
+}
+
+/// Identity and control lines of a topic's meta region.
+#[repr(C)]
+pub struct MetaHeader {
+    // ---- IDENTITY (0x000) ----
+    /// [`MAGIC`], stored last (Release) by the creator.
+    pub magic: AtomicU64,
+    /// [`LAYOUT_VERSION`].
+    pub version: u32,
+    /// [`KIND_META`].
+    pub kind: u32,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Overflow policy (`0` overwrite, `1` backpressure).
+    pub overflow: u32,
+    /// Slots per partition.
+    pub slots: u64,
+    /// Payload bytes per slot.
+    pub slot_size: u64,
+    /// Retention (lease TTL) in nanoseconds.
+    pub retention_ns: u64,
+    /// File mode the regions were created with.
+    pub mode: u32,
+    /// Capacity of the group table.
+    pub group_cap: u32,
+    /// Capacity of each group's member table.
+    pub member_cap: u32,
+    /// How long a group whose members are all gone keeps holding back a
+    /// backpressure topic, in milliseconds.
+    pub dead_group_ms: u32,
+    // ---- CONTROL (0x040) ----
+    /// The region lease.
+    pub lease: Lease,
+    /// Unix ns when the topic was created.
+    pub created_ns: u64,
+    /// Total region length in bytes.
+    pub region_len: u64,
+    /// Futex word readers of any partition park on; a writer bumps it and
+    /// wakes them when its partition's `waiters` is non-zero.
+    pub notify: AtomicU32,
+    _pad1a: u32,
+    _pad1: [u64; 3],
+}
+
+/// One consumer group's header (64 bytes), followed in memory by its member
+/// table and its per-partition lines.
+#[repr(C)]
+pub struct GroupHeader {
+    /// `0` free, `1` being initialised by the process that claimed it, `2` ready.
+    pub state: AtomicU64,
+    /// Length of `name` in bytes (at most [`GROUP_NAME_MAX`]).
+    pub name_len: u32,
+    /// Milliseconds after its last heartbeat a member counts as stale.
+    pub stale_ms: u32,
+    /// Group name bytes (valid up to `name_len`).
+    pub name: [u8; GROUP_NAME_MAX],
+    /// Unix ns of the group's last sign of life (commit, heartbeat, join).
+    pub last_active_ns: AtomicU64,
+}
+
+/// Group state values.
+pub mod group_state {
+    /// Slot free.
+    pub const FREE: u64 = 0;
+    /// Claimed, name being written.
+    pub const INIT: u64 = 1;
+    /// Name valid; usable.
+    pub const READY: u64 = 2;
+}
+
+/// One member of a consumer group (64 bytes).
+#[repr(C)]
+pub struct MemberEntry {
+    /// `generation << 32 | token`; token 0 = free slot.
+    pub id: AtomicU64,
+    /// Unix ns of the member's last heartbeat.
+    pub heartbeat_ns: AtomicU64,
+    /// Process id, informational only (liveness comes from the token).
+    pub pid: AtomicU32,
+    _pad0: u32,
+    _pad1: [u64; 5],
+}
+
+/// One group's state for one partition (64 bytes).
+#[repr(C)]
+pub struct GroupPartition {
+    /// Committed position plus one: `next offset to process + 1`; `0` means
+    /// nothing committed yet.
+    pub committed: AtomicU64,
+    /// Claim: `generation << 32 | (member index + 1)`; low half 0 = unclaimed.
+    pub owner: AtomicU64,
+    /// Shared read cursor for competing consumers (next offset to hand out).
+    pub next: AtomicU64,
+    /// Nacks recorded on this partition.
+    pub nacks: AtomicU64,
+    /// Messages routed to the dead-letter topic from this partition.
+    pub dead_lettered: AtomicU64,
+    _pad: [u64; 3],
+}
+
+/// Bytes one group occupies in the meta region.
+pub const fn group_size(partitions: u32, member_cap: u32) -> usize {
+    LINE + member_cap as usize * LINE + partitions as usize * LINE
+}
+
+/// Bytes a meta region needs.
+pub const fn meta_region_len(partitions: u32, group_cap: u32, member_cap: u32) -> usize {
+    META_HEADER + group_cap as usize * group_size(partitions, member_cap)
+}
+
+/// Bytes from one slot to the next for a payload capacity of `slot_size`.
+pub const fn stride(slot_size: u64) -> u64 {
+    let raw = SLOT_HEADER as u64 + slot_size;
+    raw.div_ceil(LINE as u64) * LINE as u64
+}
+
+/// Bytes a partition region needs, or `None` if it overflows `usize`.
+pub fn partition_region_len(slots: u64, slot_size: u64) -> Option<usize> {
+    let body = slots.checked_mul(stride(slot_size))?;
+    let total = body.checked_add(PARTITION_HEADER as u64)?;
+    usize::try_from(total).ok()
+}
+
+/// Overflow policy code for "overwrite the oldest".
+pub const OVERFLOW_OVERWRITE: u32 = 0;
+/// Overflow policy code for "wait for the slowest group".
+pub const OVERFLOW_BACKPRESSURE: u32 = 1;
+
+#[cfg(not(loom))]
+mod asserts {
+    use super::*;
+    use core::mem::{align_of, offset_of, size_of};
+
+    const _: () = assert!(size_of::<PartitionHeader>() == 0x140);
+    const _: () = assert!(size_of::<PartitionHeader>() <= PARTITION_HEADER);
+    const _: () = assert!(offset_of!(PartitionHeader, magic) == 0x00);
+    const _: () = assert!(offset_of!(PartitionHeader, version) == 0x08);
+    const _: () = assert!(offset_of!(PartitionHeader, kind) == 0x0C);
+    const _: () = assert!(offset_of!(PartitionHeader, slots) == 0x10);
+    const _: () = assert!(offset_of!(PartitionHeader, slot_size) == 0x18);
+    const _: () = assert!(offset_of!(PartitionHeader, created_ns) == 0x38);
+    const _: () = assert!(offset_of!(PartitionHeader, lease) == 0x40);
+    const _: () = assert!(offset_of!(PartitionHeader, writer) == 0x50);
+    const _: () = assert!(offset_of!(PartitionHeader, cursor) == 0x80);
+    const _: () = assert!(offset_of!(PartitionHeader, waiters) == 0xC0);
+    const _: () = assert!(offset_of!(MetaHeader, notify) == 0x60);
+    const _: () = assert!(offset_of!(PartitionHeader, full_events) == 0x100);
+    const _: () = assert!(align_of::<PartitionHeader>() <= LINE);
+
+    const _: () = assert!(size_of::<MetaHeader>() == 0x80);
+    const _: () = assert!(size_of::<MetaHeader>() <= META_HEADER);
+    const _: () = assert!(offset_of!(MetaHeader, lease) == 0x40);
+    const _: () = assert!(offset_of!(MetaHeader, region_len) == 0x58);
+
+    const _: () = assert!(size_of::<GroupHeader>() == LINE);
+    const _: () = assert!(size_of::<MemberEntry>() == LINE);
+    const _: () = assert!(size_of::<GroupPartition>() == LINE);
+    const _: () = assert!(SLOT_HEADER == 24);
+    const _: () = assert!(stride(40) == 64 && stride(41) == 128);
+}
+
+impl PartitionHeader {
+    /// A header with the given geometry, lease and an empty ring, with `magic`
+    /// still 0 (the creator stores it last). Used by the creator to initialise
+    /// a fresh mapping and by the loom models to build a heap ring.
+    pub fn new(
+        geometry: Geometry,
+        partition: u32,
+        overflow: u32,
+        now_ns: u64,
+        ttl_ns: u64,
+    ) -> Self {
+        PartitionHeader {
+            magic: AtomicU64::new(0),
+            version: LAYOUT_VERSION,
+            kind: KIND_PARTITION,
+            slots: geometry.slots,
+            slot_size: geometry.slot_size,
+            stride: geometry.stride,
+            region_len: geometry.region_len as u64,
+            partition,
+            overflow,
+            created_ns: now_ns,
+            lease: Lease::new(now_ns, ttl_ns),
+            writer: AtomicU64::new(0),
+            _pad1: [0; 5],
+            cursor: AtomicU64::new(0),
+            _pad2: [0; 7],
+            waiters: AtomicU32::new(0),
+            _pad3a: 0,
+            _pad3: [0; 7],
+            full_events: AtomicU64::new(0),
+            takeovers: AtomicU64::new(0),
+            _pad4: [0; 6],
+        }
+    }
+}
+
+impl Lease {
+    /// A lease expiring `ttl_ns` after `now_ns`.
+    pub fn new(now_ns: u64, ttl_ns: u64) -> Self {
+        Lease {
+            expiry: AtomicU64::new(now_ns.saturating_add(ttl_ns)),
+            ttl_ns,
+        }
+    }
+}
+
+/// Validated geometry of a partition ring, computed once and then trusted
+/// (it is never re-read from shared memory after attach).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Slot count, a power of two.
+    pub slots: u64,
+    /// Payload bytes per slot.
+    pub slot_size: u64,
+    /// Bytes from one slot to the next.
+    pub stride: u64,
+    /// Region length in bytes.
+    pub region_len: usize,
+}
+
+impl Geometry {
+    /// Geometry for `slots` slots of `slot_size` payload bytes, or `None` if
+    /// the slot count is not a power of two or the size overflows.
+    pub fn new(slots: u64, slot_size: u64) -> Option<Geometry> {
+        if !slots.is_power_of_two() || slot_size == 0 || slot_size > u64::from(u32::MAX >> 1) {
+            return None;
+        }
+        Some(Geometry {
+            slots,
+            slot_size,
+            stride: stride(slot_size),
+            region_len: partition_region_len(slots, slot_size)?,
+        })
+    }
+
+    /// `slots - 1`, the mask from offset to slot index.
+    pub fn mask(&self) -> u64 {
+        self.slots - 1
+    }
+}
+
+impl MetaHeader {
+    /// A meta header with `magic` still 0 (the creator stores it last).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        partitions: u32,
+        overflow: u32,
+        slots: u64,
+        slot_size: u64,
+        retention_ns: u64,
+        mode: u32,
+        dead_group_ms: u32,
+        now_ns: u64,
+    ) -> Self {
+        MetaHeader {
+            magic: AtomicU64::new(0),
+            version: LAYOUT_VERSION,
+            kind: KIND_META,
+            partitions,
+            overflow,
+            slots,
+            slot_size,
+            retention_ns,
+            mode,
+            group_cap: GROUP_CAPACITY,
+            member_cap: MEMBER_CAPACITY,
+            dead_group_ms,
+            region_len: meta_region_len(partitions, GROUP_CAPACITY, MEMBER_CAPACITY) as u64,
+            lease: Lease::new(now_ns, retention_ns),
+            created_ns: now_ns,
+            notify: AtomicU32::new(0),
+            _pad1a: 0,
+            _pad1: [0; 3],
+        }
+    }
+}

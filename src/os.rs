@@ -1,0 +1,300 @@
+//! Every operating-system call shmq makes, and nothing else.
+//!
+//! Named POSIX shared memory (`shm_open`, `ftruncate`, `posix_fallocate`,
+//! `fstat`, `mmap`, `munmap`, `shm_unlink`), the liveness lock (`flock`), the
+//! cross-process futex, and the listing of `/dev/shm`. The rest of the crate
+//! only sees [`Mapping`], [`ShmFd`] and typed [`OsError`]s, so porting shmq to
+//! another Unix means rewriting this one file.
+//!
+//! # Why not the `shared_memory` crate
+//!
+//! The design card names `shared_memory`; it does not meet our needs:
+//! it cannot create with `O_EXCL` *and* a chosen mode (it always uses its own
+//! permissions), it never pre-allocates the backing pages (so a full
+//! `/dev/shm` surfaces later as `SIGBUS` instead of an error at create time),
+//! it hides the file descriptor we need for `fstat` validation, and it
+//! unlinks on drop by owner rather than leaving lifetime to our lease
+//! protocol. `nix` covers every call we need with typed errors, so we use it
+//! (and `libc` for the futex, which `nix` does not wrap).
+
+use std::ffi::CString;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::sys::mman::{mmap, munmap, shm_open, shm_unlink, MapFlags, ProtFlags};
+use nix::sys::stat::{fstat, Mode};
+
+use crate::sync::AtomicU32;
+
+/// Where named shared-memory objects appear in the file system on Linux.
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// A failed OS call: which call, on which object, and the errno.
+#[derive(Debug, thiserror::Error)]
+#[error("{call}({object}) failed: {errno}")]
+pub struct OsError {
+    /// The system call that failed.
+    pub call: &'static str,
+    /// The object it was applied to (region name, usually).
+    pub object: String,
+    /// The error number.
+    pub errno: Errno,
+}
+
+impl OsError {
+    fn new(call: &'static str, object: &str, errno: Errno) -> Self {
+        OsError {
+            call,
+            object: object.to_string(),
+            errno,
+        }
+    }
+}
+
+/// An open shared-memory object.
+pub struct ShmFd {
+    fd: OwnedFd,
+    name: String,
+}
+
+fn shm_path(name: &str) -> Result<CString, OsError> {
+    CString::new(format!("/{name}")).map_err(|_| OsError::new("shm_open", name, Errno::EINVAL))
+}
+
+/// Create `name` exclusively with `mode`, size it to `len` and pre-allocate its
+/// pages so that a full `/dev/shm` fails here (`ENOSPC`) rather than as a
+/// `SIGBUS` on first touch. On failure nothing is left behind.
+pub fn shm_create(name: &str, len: usize, mode: u32) -> Result<ShmFd, OsError> {
+    let path = shm_path(name)?;
+    let fd = shm_open(
+        path.as_c_str(),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    )
+    .map_err(|e| OsError::new("shm_open", name, e))?;
+    // shm_open applies the umask; put back exactly the mode asked for.
+    let _ = nix::sys::stat::fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode));
+    let cleanup = |call: &'static str, e: Errno| {
+        let _ = shm_unlink(path.as_c_str());
+        OsError::new(call, name, e)
+    };
+    let size = libc::off_t::try_from(len).map_err(|_| cleanup("ftruncate", Errno::EFBIG))?;
+    nix::unistd::ftruncate(fd.as_fd(), size).map_err(|e| cleanup("ftruncate", e))?;
+    nix::fcntl::posix_fallocate(fd.as_raw_fd(), 0, size)
+        .map_err(|e| cleanup("posix_fallocate", e))?;
+    Ok(ShmFd {
+        fd,
+        name: name.to_string(),
+    })
+}
+
+/// Open an existing object read-write.
+pub fn shm_open_existing(name: &str) -> Result<ShmFd, OsError> {
+    let path = shm_path(name)?;
+    let fd = shm_open(
+        path.as_c_str(),
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| OsError::new("shm_open", name, e))?;
+    Ok(ShmFd {
+        fd,
+        name: name.to_string(),
+    })
+}
+
+/// Remove the name (mappings stay valid until unmapped).
+pub fn shm_remove(name: &str) -> Result<(), OsError> {
+    let path = shm_path(name)?;
+    shm_unlink(path.as_c_str()).map_err(|e| OsError::new("shm_unlink", name, e))
+}
+
+/// Facts `fstat` tells about an object.
+#[derive(Clone, Copy, Debug)]
+pub struct Stat {
+    /// Size in bytes.
+    pub size: u64,
+    /// Owner uid.
+    pub uid: u32,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+impl ShmFd {
+    /// `fstat` the object.
+    pub fn stat(&self) -> Result<Stat, OsError> {
+        let st = fstat(self.fd.as_raw_fd()).map_err(|e| OsError::new("fstat", &self.name, e))?;
+        Ok(Stat {
+            size: st.st_size.max(0) as u64,
+            uid: st.st_uid,
+            mode: st.st_mode & 0o7777,
+        })
+    }
+
+    /// Map `len` bytes shared and read-write.
+    pub fn map(&self, len: usize) -> Result<Mapping, OsError> {
+        let nz = NonZeroUsize::new(len)
+            .ok_or_else(|| OsError::new("mmap", &self.name, Errno::EINVAL))?;
+        // SAFETY: a fresh shared mapping of an fd we own, at an address the
+        // kernel chooses; no existing Rust object aliases it.
+        let ptr = unsafe {
+            mmap(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                self.fd.as_fd(),
+                0,
+            )
+        }
+        .map_err(|e| OsError::new("mmap", &self.name, e))?;
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Try to take an exclusive `flock` without blocking. `Ok(None)` if another
+    /// open file description holds it.
+    pub fn try_lock(self) -> Result<Option<Flock<OwnedFd>>, OsError> {
+        match Flock::lock(self.fd, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(OsError::new("flock", &self.name, e)),
+        }
+    }
+
+    /// Write `bytes` at the start of the object (small metadata only).
+    pub fn write_all_at0(&self, bytes: &[u8]) -> Result<(), OsError> {
+        nix::sys::uio::pwrite(self.fd.as_fd(), bytes, 0)
+            .map(|_| ())
+            .map_err(|e| OsError::new("pwrite", &self.name, e))
+    }
+
+    /// Read up to `buf.len()` bytes from the start of the object.
+    pub fn read_at0(&self, buf: &mut [u8]) -> Result<usize, OsError> {
+        nix::sys::uio::pread(self.fd.as_fd(), buf, 0)
+            .map_err(|e| OsError::new("pread", &self.name, e))
+    }
+}
+
+/// Write to a locked token file (see [`ShmFd::try_lock`]).
+pub fn write_locked(lock: &Flock<OwnedFd>, bytes: &[u8]) -> Result<(), OsError> {
+    nix::sys::uio::pwrite(&**lock, bytes, 0)
+        .map(|_| ())
+        .map_err(|e| OsError::new("pwrite", "token", e))
+}
+
+/// A shared, read-write memory mapping; unmapped on drop.
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Mapping is a plain address range; all access to its contents goes
+// through atomics or the seqlock protocol, which are designed for concurrent
+// use by many threads and processes.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only hands out raw pointers.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Start of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the mapping is empty (never true for a live mapping).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` came from one successful mmap and are unmapped
+        // exactly once; every reference into the mapping borrows `self`.
+        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Names of the entries in [`SHM_DIR`] that start with `prefix`.
+pub fn list_shm(prefix: &str) -> Result<Vec<String>, OsError> {
+    let dir = std::fs::read_dir(SHM_DIR).map_err(|e| {
+        OsError::new(
+            "opendir",
+            SHM_DIR,
+            Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        )
+    })?;
+    let mut out: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// This process's id.
+pub fn pid() -> u32 {
+    std::process::id()
+}
+
+/// Whether a process with this pid exists (informational only: pids are reused).
+pub fn pid_exists(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
+        Ok(()) => true,
+        Err(e) => e == Errno::EPERM,
+    }
+}
+
+/// Current Unix time in nanoseconds (vDSO `clock_gettime`, no syscall).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Sleep on a futex word in shared memory while it still holds `expected`,
+/// for at most `timeout`. Spurious returns are allowed.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT (shared, not PRIVATE, because the word lives in a
+    // MAP_SHARED region) reads the aligned u32 at `word`, which outlives the
+    // call; `ts_ptr` is null or points to a live timespec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+        );
+    }
+}
+
+/// Wake up to `n` waiters parked on `word`.
+pub fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is live.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n);
+    }
+}

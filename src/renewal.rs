@@ -1,0 +1,80 @@
+//! Lease renewal: keep the regions of every open topic alive, at a fraction of
+//! their TTL, never per message.
+//!
+//! [`RenewalPolicy::Background`] (the default) registers each opened topic with
+//! one process-wide thread that renews every registered topic four times per
+//! TTL (at least every second, at most every 5 ms). Dropping the last handle of
+//! a topic unregisters it; the process dying stops renewal too, and then the
+//! lease runs out and the supervisor reclaims the regions.
+//!
+//! [`RenewalPolicy::Manual`] leaves it to the caller: call
+//! [`crate::Topic::renew`] from your own loop at least every TTL/2.
+
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use crate::topic::TopicInner;
+
+/// How a [`crate::TopicManager`]'s topics renew their leases.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RenewalPolicy {
+    /// A process-wide background thread renews at TTL/4.
+    #[default]
+    Background,
+    /// The caller renews with [`crate::Topic::renew`].
+    Manual,
+}
+
+struct Registry {
+    topics: Mutex<Vec<Weak<TopicInner>>>,
+    wake: Condvar,
+}
+
+fn registry() -> &'static Registry {
+    static REG: OnceLock<Registry> = OnceLock::new();
+    REG.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("shmq-renewal".into())
+            .spawn(run)
+            .expect("spawn the shmq lease renewal thread");
+        Registry {
+            topics: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+        }
+    })
+}
+
+/// Register `topic` for background renewal.
+pub(crate) fn register(topic: &Arc<TopicInner>) {
+    let reg = registry();
+    reg.topics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Arc::downgrade(topic));
+    reg.wake.notify_one();
+}
+
+fn run() {
+    let reg = registry();
+    let mut topics = reg.topics.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let mut interval = Duration::from_secs(1);
+        topics.retain(|w| match w.upgrade() {
+            Some(t) => {
+                let ttl = t.config.retention;
+                interval = interval.min(ttl / 4).max(Duration::from_millis(5));
+                // A reclaimed topic stays registered (its handles report
+                // LeaseExpired themselves) until its last handle drops.
+                let _ = t.renew();
+                true
+            }
+            None => false,
+        });
+        // Release the lock while sleeping; a new registration wakes us early.
+        topics = reg
+            .wake
+            .wait_timeout(topics, interval)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}

@@ -1,0 +1,330 @@
+//! The partition ring: a single-writer, multi-reader seqlock over fixed slots.
+//!
+//! This module is pure protocol. It works on a [`PartitionHeader`] reference
+//! and a [`SlotMemory`], so the same code runs on a mapped region in
+//! production (`crate::slots::MappedSlots`) and on a heap ring of 2–4 slots
+//! under loom (`loom-tests`).
+//!
+//! # Protocol
+//!
+//! Offset `o` lives in slot `o & (slots - 1)`. A slot's `seq` word is `0`
+//! (never written), `2o + 1` (offset `o` being written) or `2o + 2` (holds
+//! offset `o`).
+//!
+//! Writer, for offset `o` (see [`Writer::publish`]):
+//! 1. **claim**: CAS `seq` from the previous occupant's value to `2o + 1`
+//!    (`AcqRel`). Losing the CAS means another writer took this partition
+//!    over: the write is rejected with [`WriteError::Fenced`], nothing copied.
+//! 2. `fence(Release)` — SYNC POINT "writing mark": a reader that sees any
+//!    byte of the new body also sees the odd mark when it re-checks.
+//! 3. copy lengths, timestamp, key and value into the slot body.
+//! 4. **publish**: store `2o + 2` with `Release` — SYNC POINT "slot published".
+//! 5. after one record or a batch: `cursor.fetch_max(o + 1, SeqCst)` —
+//!    SYNC POINT "cursor": a reader that sees the cursor sees the slot. The
+//!    same SeqCst operation orders the publish before the `waiters` check
+//!    (a Dekker pair with a parking reader), so a waiter is never missed and
+//!    nobody parked means no syscall.
+//!
+//! Reader, for offset `o` (see [`read`]): load `seq` with `Acquire` (pairs
+//! with step 4). `2o + 2`: copy the body out, `fence(Acquire)` (pairs with
+//! step 2), re-load `seq`; unchanged → the record; changed → lapped. Smaller
+//! than `2o + 2` → not written yet. Larger → lapped: the reader is told how
+//! many offsets it lost and resumes at the oldest one that can still be
+//! intact. A torn record is never returned.
+
+use crate::layout::{Geometry, PartitionHeader, RECLAIMED};
+use crate::sync::{fence, AtomicU64, Ordering, PUBLISH};
+
+/// Where a ring's slots live.
+///
+/// Implemented over mapped shared memory in production and over a heap array
+/// of atomics in the loom models.
+pub trait SlotMemory {
+    /// The ring's validated geometry.
+    fn geometry(&self) -> Geometry;
+    /// The sequence word of slot `index` (`index < slots`).
+    fn seq(&self, index: u64) -> &AtomicU64;
+    /// Write a record body into slot `index`. The caller holds the slot
+    /// (its `seq` is odd and was set by the caller's claim) and has checked
+    /// `key.len() + value.len() <= slot_size`.
+    fn write_body(&self, index: u64, timestamp_ns: u64, key: Option<&[u8]>, value: &[u8]);
+    /// Copy slot `index`'s body into `out`. Returns `false` if the lengths
+    /// stored in the slot are out of bounds (a torn or scribbled slot); the
+    /// implementation must never read outside the slot either way.
+    fn read_body(&self, index: u64, out: &mut RecordBuf) -> bool;
+}
+
+/// A reusable buffer a record is copied into (no allocation once it has grown).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordBuf {
+    /// Unix-epoch nanoseconds at which the producer wrote the record.
+    pub timestamp_ns: u64,
+    /// Key length in bytes, or `None` for a record without key.
+    pub key_len: Option<u32>,
+    /// Key bytes followed by value bytes.
+    pub data: Vec<u8>,
+}
+
+impl RecordBuf {
+    /// The key, if the record has one.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key_len
+            .map(|k| &self.data[..(k as usize).min(self.data.len())])
+    }
+    /// The value.
+    pub fn value(&self) -> &[u8] {
+        let k = self.key_len.unwrap_or(0) as usize;
+        &self.data[k.min(self.data.len())..]
+    }
+}
+
+/// What a read of one offset found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The record at the requested offset was copied into the buffer.
+    Record,
+    /// That offset has not been published yet.
+    NotYet,
+    /// The writer overwrote the requested offset: `missed` offsets are lost
+    /// to this reader and it should continue at `resume`.
+    Lapped {
+        /// Number of offsets skipped (`resume - requested`).
+        missed: u64,
+        /// The oldest offset that can still be intact.
+        resume: u64,
+    },
+    /// The slot holds the requested offset but its lengths are impossible
+    /// (scribbled by a buggy peer). The record is skipped; continue at the
+    /// next offset.
+    Corrupt,
+}
+
+#[inline]
+fn writing(offset: u64) -> u64 {
+    offset.wrapping_mul(2).wrapping_add(1)
+}
+
+#[inline]
+fn holds(offset: u64) -> u64 {
+    offset.wrapping_mul(2).wrapping_add(2)
+}
+
+/// Read offset `offset` of the ring into `out`.
+pub fn read<S: SlotMemory + ?Sized>(
+    hdr: &PartitionHeader,
+    mem: &S,
+    offset: u64,
+    out: &mut RecordBuf,
+) -> ReadOutcome {
+    let geo = mem.geometry();
+    let index = offset & geo.mask();
+    let seq = mem.seq(index);
+    let want = holds(offset);
+    // SYNC POINT "slot published": pairs with the writer's PUBLISH store.
+    let s1 = seq.load(Ordering::Acquire);
+    if s1 < want {
+        return ReadOutcome::NotYet;
+    }
+    if s1 == want {
+        let ok = mem.read_body(index, out);
+        // SYNC POINT "writing mark": pairs with the writer's fence(Release)
+        // after its claim; if we saw any byte of a newer body, we see its mark.
+        fence(Ordering::Acquire);
+        let s2 = seq.load(Ordering::Relaxed);
+        if s2 == want {
+            return if ok {
+                ReadOutcome::Record
+            } else {
+                ReadOutcome::Corrupt
+            };
+        }
+    }
+    lapped(hdr, geo, offset)
+}
+
+fn lapped(hdr: &PartitionHeader, geo: Geometry, offset: u64) -> ReadOutcome {
+    // SYNC POINT "cursor": offsets below `cursor` are published, so the
+    // oldest that can still be in the ring is `cursor - slots`. If the writer
+    // is already overwriting that one too, the next read laps again and
+    // counts it, so the total missed stays exact without skipping a record
+    // that is still intact.
+    let cursor = hdr.cursor.load(Ordering::Acquire);
+    let resume = cursor
+        .saturating_sub(geo.slots)
+        .max(offset.saturating_add(1));
+    ReadOutcome::Lapped {
+        missed: resume - offset,
+        resume,
+    }
+}
+
+/// Why a write was refused. Nothing was written in either case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// Another writer took the partition over (its epoch is newer).
+    Fenced {
+        /// The writer word now in the header.
+        current: u64,
+    },
+    /// The region's lease was reclaimed by the supervisor.
+    LeaseExpired,
+}
+
+/// The writing end of one ring. Holds the writer's private cursor; exactly one
+/// live `Writer` per partition is guaranteed by the writer lease
+/// (`crate::writer_lease`).
+#[derive(Debug)]
+pub struct Writer {
+    next: u64,
+    me: u64,
+}
+
+impl Writer {
+    /// A writer that owns the lease word `me` and resumes at the header's
+    /// cursor, repairing what a dead predecessor left behind: a slot published
+    /// but not yet counted in the cursor is skipped over; a slot left
+    /// half-written (odd `seq`) after `wait` spins is reset to "empty" so its
+    /// torn bytes can never be read.
+    pub fn resume<S: SlotMemory + ?Sized>(
+        hdr: &PartitionHeader,
+        mem: &S,
+        me: u64,
+        wait: impl Fn(),
+    ) -> Writer {
+        let geo = mem.geometry();
+        let mut next = hdr.cursor.load(Ordering::Acquire);
+        let mut tries = 0u32;
+        loop {
+            let seq = mem.seq(next & geo.mask());
+            let s = seq.load(Ordering::Acquire);
+            if s == holds(next) {
+                next += 1;
+                continue;
+            }
+            if s == writing(next) {
+                if tries < 64 {
+                    tries += 1;
+                    wait();
+                    continue;
+                }
+                // The previous writer died mid-copy: mark the slot as holding
+                // nothing newer than `next - 1`, which readers treat as "not
+                // yet written" for `next`.
+                let _ = seq.compare_exchange(
+                    s,
+                    holds(next.wrapping_sub(1)),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                continue;
+            }
+            break;
+        }
+        if next != hdr.cursor.load(Ordering::Relaxed) {
+            hdr.cursor.fetch_max(next, Ordering::SeqCst);
+        }
+        Writer { next, me }
+    }
+
+    /// The offset the next publish will get.
+    pub fn next_offset(&self) -> u64 {
+        self.next
+    }
+
+    /// The writer lease word this writer owns.
+    pub fn lease_word(&self) -> u64 {
+        self.me
+    }
+
+    /// Check that this writer may still write: its lease word is still the
+    /// header's and the region was not reclaimed. One load of the read-mostly
+    /// control line.
+    #[inline]
+    pub fn check<S: SlotMemory + ?Sized>(
+        &self,
+        hdr: &PartitionHeader,
+        _mem: &S,
+    ) -> Result<(), WriteError> {
+        let current = hdr.writer.load(Ordering::Acquire);
+        if current != self.me {
+            return Err(WriteError::Fenced { current });
+        }
+        if hdr.lease.expiry.load(Ordering::Relaxed) == RECLAIMED {
+            return Err(WriteError::LeaseExpired);
+        }
+        Ok(())
+    }
+
+    /// Write one record into the next slot without advancing the shared
+    /// cursor; [`Writer::commit`] makes a batch of these visible to cursor
+    /// readers and wakes parked readers. Returns the record's offset.
+    ///
+    /// The caller has checked the record fits (`key + value <= slot_size`).
+    #[inline]
+    pub fn write_slot<S: SlotMemory + ?Sized>(
+        &mut self,
+        hdr: &PartitionHeader,
+        mem: &S,
+        timestamp_ns: u64,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<u64, WriteError> {
+        let geo = mem.geometry();
+        let offset = self.next;
+        let seq = mem.seq(offset & geo.mask());
+        let mut expected = if offset >= geo.slots {
+            holds(offset - geo.slots)
+        } else {
+            0
+        };
+        // Claim: the previous occupant's value -> "writing offset".
+        loop {
+            match seq.compare_exchange(
+                expected,
+                writing(offset),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                // An older value than we assumed (a repaired or never-used
+                // slot after a takeover): still ours to claim.
+                Err(actual) if actual < writing(offset) && actual % 2 == 0 => expected = actual,
+                // Someone else claimed or published this offset or a later
+                // one: we were taken over.
+                Err(_) => {
+                    return Err(WriteError::Fenced {
+                        current: hdr.writer.load(Ordering::Acquire),
+                    });
+                }
+            }
+        }
+        // SYNC POINT "writing mark": orders the odd mark before the body.
+        fence(Ordering::Release);
+        mem.write_body(offset & geo.mask(), timestamp_ns, key, value);
+        // SYNC POINT "slot published": pairs with the reader's Acquire load.
+        seq.store(holds(offset), PUBLISH);
+        self.next = offset + 1;
+        Ok(offset)
+    }
+
+    /// Publish the cursor after one or more [`Writer::write_slot`]s. Returns
+    /// whether any reader is parked (the caller then wakes it).
+    #[inline]
+    pub fn commit(&self, hdr: &PartitionHeader) -> bool {
+        // SYNC POINT "cursor": pairs with Acquire loads of the cursor; SeqCst
+        // so it is totally ordered with a parking reader's `waiters` bump.
+        hdr.cursor.fetch_max(self.next, Ordering::SeqCst);
+        hdr.waiters.load(Ordering::SeqCst) != 0
+    }
+}
+
+/// The offset of the oldest record a reader can still hope to read, given the
+/// writer's cursor.
+pub fn earliest(hdr: &PartitionHeader, geo: Geometry) -> u64 {
+    hdr.cursor.load(Ordering::Acquire).saturating_sub(geo.slots)
+}
+
+/// The offset the next record will get (the "latest" position).
+pub fn latest(hdr: &PartitionHeader) -> u64 {
+    hdr.cursor.load(Ordering::Acquire)
+}

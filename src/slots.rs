@@ -1,0 +1,133 @@
+//! Raw access to the slots of a mapped partition: the only code that reads or
+//! writes slot bytes in shared memory.
+//!
+//! Slot bodies are copied with plain `ptr::copy_nonoverlapping` while other
+//! processes may be writing them: the seqlock in `crate::ring` discards any
+//! copy that overlapped a write (the sequence word changed), so a torn copy is
+//! never returned. This is the same technique Aeron, iceoryx2 and crossbeam's
+//! `AtomicCell` fallback use; the copies go to and from process-private
+//! buffers only, and every length read from a slot is bounds-checked against
+//! the validated geometry before it is used.
+
+use crate::layout::{Geometry, HAS_KEY, PARTITION_HEADER, SLOT_HEADER};
+use crate::region::Region;
+use crate::ring::{RecordBuf, SlotMemory};
+use crate::sync::AtomicU64;
+
+/// The slots of one mapped partition region.
+pub struct MappedSlots<'a> {
+    region: &'a Region,
+    geo: Geometry,
+}
+
+impl<'a> MappedSlots<'a> {
+    /// Slots of `region`, whose geometry `geo` was validated against its real
+    /// size by [`Region::partition_geometry`].
+    pub fn new(region: &'a Region, geo: Geometry) -> Self {
+        assert!(
+            region.len() >= geo.region_len,
+            "geometry not validated against the region"
+        );
+        MappedSlots { region, geo }
+    }
+
+    #[inline]
+    fn slot(&self, index: u64) -> *mut u8 {
+        debug_assert!(index < self.geo.slots);
+        let index = index & (self.geo.slots - 1);
+        // SAFETY: index < slots, so the slot lies within
+        // PARTITION_HEADER + slots * stride = region_len <= mapping length.
+        unsafe {
+            self.region
+                .base()
+                .add(PARTITION_HEADER + (index * self.geo.stride) as usize)
+        }
+    }
+
+    /// Borrow slot `index`'s body in place: `(timestamp, key_len, bytes)`.
+    /// `None` if the stored lengths are out of bounds. The bytes may change
+    /// under the caller (another process writes them): the caller must
+    /// re-validate the slot's sequence word after using them.
+    pub(crate) fn body(&self, index: u64) -> Option<(u64, Option<u32>, *const u8, usize)> {
+        let p = self.slot(index);
+        // SAFETY: the slot header (24 bytes) is within the slot; unaligned
+        // volatile reads of plain integers are valid for any bit pattern.
+        let (val_len, key_word, ts) = unsafe {
+            (
+                p.add(8).cast::<u32>().read_volatile(),
+                p.add(12).cast::<u32>().read_volatile(),
+                p.add(16).cast::<u64>().read_volatile(),
+            )
+        };
+        let key_len = key_word & !HAS_KEY;
+        let total = u64::from(val_len) + u64::from(key_len);
+        if total > self.geo.slot_size {
+            return None;
+        }
+        let key = (key_word & HAS_KEY != 0).then_some(key_len);
+        // SAFETY: SLOT_HEADER + total <= SLOT_HEADER + slot_size <= stride.
+        Some((ts, key, unsafe { p.add(SLOT_HEADER) }, total as usize))
+    }
+}
+
+impl SlotMemory for MappedSlots<'_> {
+    #[inline]
+    fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    #[inline]
+    fn seq(&self, index: u64) -> &AtomicU64 {
+        // SAFETY: the slot starts on a 64-byte boundary (PARTITION_HEADER and
+        // stride are multiples of 64), so its first 8 bytes are an aligned
+        // AtomicU64 inside the mapping, which outlives `&self`.
+        unsafe { &*self.slot(index).cast::<AtomicU64>() }
+    }
+
+    #[inline]
+    fn write_body(&self, index: u64, timestamp_ns: u64, key: Option<&[u8]>, value: &[u8]) {
+        let k = key.map_or(0, <[u8]>::len);
+        assert!(
+            (k + value.len()) as u64 <= self.geo.slot_size,
+            "caller checks the record fits"
+        );
+        let key_word = match key {
+            Some(k) => k.len() as u32 | HAS_KEY,
+            None => 0,
+        };
+        let p = self.slot(index);
+        // SAFETY: header words and body (k + value.len() <= slot_size bytes,
+        // asserted) lie inside this slot; the caller holds the slot's claim.
+        // Sources are process-private slices that cannot overlap the mapping
+        // for writing (a caller passing bytes borrowed from the same slot
+        // would be copying a record onto itself, which `copy` tolerates).
+        unsafe {
+            p.add(8).cast::<u32>().write_volatile(value.len() as u32);
+            p.add(12).cast::<u32>().write_volatile(key_word);
+            p.add(16).cast::<u64>().write_volatile(timestamp_ns);
+            let body = p.add(SLOT_HEADER);
+            if let Some(key) = key {
+                std::ptr::copy(key.as_ptr(), body, k);
+            }
+            std::ptr::copy(value.as_ptr(), body.add(k), value.len());
+        }
+    }
+
+    #[inline]
+    fn read_body(&self, index: u64, out: &mut RecordBuf) -> bool {
+        let Some((ts, key_len, src, len)) = self.body(index) else {
+            return false;
+        };
+        out.timestamp_ns = ts;
+        out.key_len = key_len;
+        out.data.clear();
+        out.data.reserve(len);
+        // SAFETY: `src..src+len` is inside the slot (checked by `body`); the
+        // destination has capacity for `len` bytes (reserved) and is private.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, out.data.as_mut_ptr(), len);
+            out.data.set_len(len);
+        }
+        true
+    }
+}

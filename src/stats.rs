@@ -1,0 +1,181 @@
+//! Metrics any process can read from a topic's shared memory.
+
+use crate::error::Result;
+use crate::group_table;
+use crate::os;
+use crate::ring;
+use crate::sync::Ordering;
+use crate::token::{self, Liveness};
+use crate::topic::Topic;
+use crate::writer_lease;
+
+/// The writer of a partition, as recorded in its writer lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterInfo {
+    /// Liveness token id of the writing process.
+    pub token: u32,
+    /// Epoch (grows on every change of writer).
+    pub epoch: u32,
+    /// Its pid, if its token file says.
+    pub pid: Option<u32>,
+    /// Whether its token lock is held (the process is alive).
+    pub alive: bool,
+}
+
+/// Per-partition figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// Partition index.
+    pub partition: u32,
+    /// Next offset to be written (= records ever published).
+    pub write_offset: u64,
+    /// Records currently retained (`min(write_offset, slots)`).
+    pub depth: u64,
+    /// Lease expiry, Unix ns (`u64::MAX` once reclaimed).
+    pub lease_expiry_ns: u64,
+    /// Current writer, if any.
+    pub writer: Option<WriterInfo>,
+    /// Epoch of the writer lease (also when no writer holds it now).
+    pub writer_epoch: u32,
+    /// Writer takeovers so far.
+    pub takeovers: u64,
+    /// `try_send`s that found the ring full.
+    pub full_events: u64,
+}
+
+/// Per-group, per-partition figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupPartitionStats {
+    /// Partition index.
+    pub partition: u32,
+    /// Committed offset (next to process), if the group committed.
+    pub committed: Option<u64>,
+    /// `write_offset - committed` (all of `write_offset` if never committed).
+    pub lag: u64,
+    /// Nacks recorded.
+    pub nacks: u64,
+    /// Records routed to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+/// Per-group figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Group name.
+    pub name: String,
+    /// Members registered in the member table.
+    pub members: u32,
+    /// Members whose liveness token is held.
+    pub live_members: u32,
+    /// Unix ns of the group's last sign of life.
+    pub last_active_ns: u64,
+    /// Per partition.
+    pub partitions: Vec<GroupPartitionStats>,
+}
+
+/// A snapshot of a topic's shared state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicStats {
+    /// Topic name.
+    pub topic: String,
+    /// Lease expiry of the meta region, Unix ns.
+    pub lease_expiry_ns: u64,
+    /// Unix ns at which the snapshot was taken.
+    pub now_ns: u64,
+    /// Per partition.
+    pub partitions: Vec<PartitionStats>,
+    /// Per consumer group.
+    pub groups: Vec<GroupStats>,
+}
+
+impl Topic {
+    /// Read the topic's metrics from shared memory (cheap; no locks; probes
+    /// the writers' and members' liveness tokens).
+    ///
+    /// # Errors
+    /// None today; reserved for OS failures while probing.
+    pub fn stats(&self) -> Result<TopicStats> {
+        let inner = &self.inner;
+        let mut partitions = Vec::with_capacity(inner.parts.len());
+        let mut writes = Vec::with_capacity(inner.parts.len());
+        for (p, part) in inner.parts.iter().enumerate() {
+            let h = part.header();
+            let write_offset = ring::latest(h);
+            writes.push(write_offset);
+            let (epoch, owner) = writer_lease::unpack(h.writer.load(Ordering::Acquire));
+            let writer = (owner != 0).then(|| {
+                let l = token::probe(&inner.ns, owner);
+                WriterInfo {
+                    token: owner,
+                    epoch,
+                    pid: l.pid(),
+                    alive: !l.is_dead(),
+                }
+            });
+            partitions.push(PartitionStats {
+                partition: p as u32,
+                write_offset,
+                depth: write_offset.min(part.geo.slots),
+                lease_expiry_ns: h.lease.expiry.load(Ordering::Acquire),
+                writer,
+                writer_epoch: epoch,
+                takeovers: h.takeovers.load(Ordering::Relaxed),
+                full_events: h.full_events.load(Ordering::Relaxed),
+            });
+        }
+        let mut groups = Vec::new();
+        for (g, name) in group_table::list(inner) {
+            let view = inner.group(g);
+            let mut members = 0;
+            let mut live_members = 0;
+            for m in view.members {
+                let tok = m.id.load(Ordering::Acquire) as u32;
+                if tok != 0 {
+                    members += 1;
+                    if matches!(token::probe(&inner.ns, tok), Liveness::Alive { .. }) {
+                        live_members += 1;
+                    }
+                }
+            }
+            let parts = view
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(p, gp)| {
+                    let committed = gp.committed.load(Ordering::Acquire).checked_sub(1);
+                    GroupPartitionStats {
+                        partition: p as u32,
+                        committed,
+                        lag: writes[p].saturating_sub(committed.unwrap_or(0)),
+                        nacks: gp.nacks.load(Ordering::Relaxed),
+                        dead_lettered: gp.dead_lettered.load(Ordering::Relaxed),
+                    }
+                })
+                .collect();
+            groups.push(GroupStats {
+                name,
+                members,
+                live_members,
+                last_active_ns: view.header.last_active_ns.load(Ordering::Relaxed),
+                partitions: parts,
+            });
+        }
+        Ok(TopicStats {
+            topic: inner.name.clone(),
+            lease_expiry_ns: inner
+                .meta
+                .meta_header()
+                .lease
+                .expiry
+                .load(Ordering::Acquire),
+            now_ns: os::now_ns(),
+            partitions,
+            groups,
+        })
+    }
+}
+
+/// Whether a lease expiry value means "reclaimed".
+pub fn is_reclaimed_expiry(expiry_ns: u64) -> bool {
+    expiry_ns == crate::layout::RECLAIMED
+}

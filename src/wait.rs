@@ -1,0 +1,105 @@
+//! Waiting for new records: wait strategies and the cross-process futex.
+//!
+//! A reader that wants to block announces itself in the `waiters` count of
+//! every partition it waits on, re-checks their cursors, and only then sleeps
+//! on the topic's `notify` futex word (in the meta header, so one sleep covers
+//! any number of partitions). The writer's cursor update is a SeqCst RMW
+//! followed by a SeqCst load of `waiters` (`ring::Writer::commit`), so either
+//! the reader sees the new cursor or the writer sees the waiter and wakes it:
+//! no lost wake-up, and no syscall on `send` while nobody is parked.
+
+use std::time::{Duration, Instant};
+
+use crate::layout::{MetaHeader, PartitionHeader};
+use crate::os;
+use crate::sync::{spin_hint, yield_now, Ordering};
+
+/// How a blocking receive waits for the next record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Spin on the CPU: lowest latency, burns a core.
+    BusySpin,
+    /// Give up the time slice between checks.
+    Yield,
+    /// Spin briefly, then yield, then park on the futex (the default).
+    #[default]
+    Backoff,
+    /// Park on the futex right away: lowest CPU use.
+    Park,
+}
+
+/// Spins of `Backoff` before it starts yielding.
+const SPINS: u32 = 1000;
+/// Yields of `Backoff` before it parks.
+const YIELDS: u32 = 50;
+
+/// Wake every reader parked on the topic.
+pub(crate) fn wake_all(meta: &MetaHeader) {
+    meta.notify.fetch_add(1, Ordering::Release);
+    os::futex_wake(&meta.notify, i32::MAX);
+}
+
+/// Park until one of `parts` (header, offset waited for) publishes past its
+/// offset, `deadline` passes, or a spurious wake-up.
+pub(crate) fn park<'a>(
+    meta: &MetaHeader,
+    parts: impl Iterator<Item = (&'a PartitionHeader, u64)> + Clone,
+    deadline: Option<Instant>,
+) {
+    let seen = meta.notify.load(Ordering::Acquire);
+    for (hdr, _) in parts.clone() {
+        hdr.waiters.fetch_add(1, Ordering::SeqCst);
+    }
+    // SYNC POINT "park": SeqCst pairs with the writer's SeqCst cursor RMW and
+    // `waiters` load in `ring::Writer::commit`.
+    let ready = parts
+        .clone()
+        .any(|(hdr, offset)| hdr.cursor.load(Ordering::SeqCst) > offset);
+    if !ready {
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if timeout != Some(Duration::ZERO) {
+            os::futex_wait(&meta.notify, seen, timeout);
+        }
+    }
+    for (hdr, _) in parts {
+        hdr.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Wait state of one blocking call: counts rounds to move from spinning to
+/// yielding to parking.
+pub(crate) struct Waiter {
+    strategy: WaitStrategy,
+    round: u32,
+}
+
+impl Waiter {
+    pub(crate) fn new(strategy: WaitStrategy) -> Self {
+        Waiter { strategy, round: 0 }
+    }
+
+    /// Wait once. `parts` are the partitions waited on with the offset each
+    /// reader wants next.
+    pub(crate) fn wait<'a>(
+        &mut self,
+        meta: &MetaHeader,
+        parts: impl Iterator<Item = (&'a PartitionHeader, u64)> + Clone,
+        deadline: Option<Instant>,
+    ) {
+        self.round = self.round.saturating_add(1);
+        match self.strategy {
+            WaitStrategy::BusySpin => spin_hint(),
+            WaitStrategy::Yield => yield_now(),
+            WaitStrategy::Park => park(meta, parts, deadline),
+            WaitStrategy::Backoff => {
+                if self.round < SPINS {
+                    spin_hint();
+                } else if self.round < SPINS + YIELDS {
+                    yield_now();
+                } else {
+                    park(meta, parts, deadline);
+                }
+            }
+        }
+    }
+}

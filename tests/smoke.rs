@@ -1,0 +1,39 @@
+//! In-process smoke test of the basic round trip (cross-process tests live in
+//! the other files of this directory).
+
+use shmq::{Consumer, Producer, SeekPolicy, TopicConfig, TopicManager};
+
+#[test]
+fn produce_consume_delete_round_trip() {
+    let ns = format!("smoke{}", std::process::id());
+    let mgr = TopicManager::with_namespace(&ns).unwrap();
+    let topic = mgr
+        .create(
+            "t",
+            TopicConfig::default().partitions(2).slots(8).slot_size(64),
+        )
+        .unwrap();
+    let mut p = Producer::new(&topic).unwrap();
+    for i in 0..20u32 {
+        p.send(&i.to_le_bytes()).unwrap();
+    }
+    let mut c = Consumer::new(&topic, "g").unwrap();
+    c.seek(SeekPolicy::Offset(0)).unwrap();
+    let got = c.poll(100).unwrap();
+    // 10 per partition, ring of 8: 2 lost per partition, reported exactly.
+    assert_eq!(got.records.len(), 16, "{got:?}");
+    assert_eq!(got.lagged.iter().map(|l| l.missed).sum::<u64>(), 4);
+    c.commit().unwrap();
+    let stats = topic.stats().unwrap();
+    assert_eq!(stats.groups.len(), 1);
+    assert_eq!(stats.groups[0].partitions[0].committed, Some(10));
+    drop((p, c, topic));
+    assert!(mgr.delete("t").unwrap());
+    drop(mgr);
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("shmq.{ns}.")))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
