@@ -1,0 +1,80 @@
+//! Command-line shape (clap derive). One module per verb lives in `cmd/`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// shmq: a lock-free shared-memory message queue for processes on one host.
+#[derive(Debug, Parser)]
+#[command(name = "shmq", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Namespace (isolates deployments); default from SHMQ_NAMESPACE, else "default".
+    #[arg(long, global = true, env = "SHMQ_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format for listings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable table.
+    #[default]
+    Table,
+    /// One JSON document (or JSON lines for streams).
+    Json,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the end-to-end demo: a producer process and a consumer process
+    /// exchange 1,000,000 messages through a private topic, verified.
+    ///
+    /// Example: shmq demo --messages 100000
+    Demo(crate::cmd::demo::DemoArgs),
+    /// Create a topic.
+    ///
+    /// Example: shmq create orders --partitions 4 --slots 4096 --slot-size 1000 --retention 1h
+    Create(crate::cmd::create::CreateArgs),
+    /// List the topics of the namespace.
+    ///
+    /// Example: shmq list --format json
+    List(crate::cmd::list::ListArgs),
+    /// Show a topic's partitions, writers and consumer groups.
+    ///
+    /// Example: shmq info orders --format json
+    Info(crate::cmd::info::InfoArgs),
+    /// Send one message per line of stdin (or of --file).
+    ///
+    /// Example: printf 'a\nb\n' | shmq produce orders --key user-42
+    Produce(crate::cmd::produce::ProduceArgs),
+    /// Print messages of a topic as a consumer group.
+    ///
+    /// Example: shmq consume orders --group audit --from earliest --format json --commit
+    Consume(crate::cmd::consume::ConsumeArgs),
+    /// Delete a topic and everything in it.
+    ///
+    /// Example: shmq delete orders
+    Delete(crate::cmd::delete::DeleteArgs),
+    /// One supervisor pass: reclaim regions whose lease expired and tokens of
+    /// dead processes.
+    ///
+    /// Example: shmq reap --dry-run --format json
+    Reap(crate::cmd::reap::ReapArgs),
+    /// Run the supervisor until SIGINT/SIGTERM.
+    ///
+    /// Example: shmq supervise --interval 1s
+    Supervise(crate::cmd::supervise::SuperviseArgs),
+    /// Cross-process benchmarks against same-run floors.
+    ///
+    /// Example: shmq bench latency
+    Bench(crate::cmd::bench::BenchArgs),
+}
+
+/// Output format option shared by several verbs.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct FormatArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}

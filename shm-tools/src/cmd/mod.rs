@@ -1,0 +1,32 @@
+//! One module per verb. Each exposes `XxxArgs` (clap) and `run`.
+
+pub mod bench;
+pub mod consume;
+pub mod create;
+pub mod delete;
+pub mod demo;
+pub mod info;
+pub mod list;
+pub mod produce;
+pub mod reap;
+pub mod supervise;
+
+use crate::cli::{Cli, Command};
+use crate::error::CliResult;
+
+/// Run the chosen verb.
+pub fn dispatch(cli: Cli) -> CliResult {
+    let ns = cli.namespace;
+    match cli.command {
+        Command::Demo(a) => demo::run(&ns, a),
+        Command::Create(a) => create::run(&ns, a),
+        Command::List(a) => list::run(&ns, a),
+        Command::Info(a) => info::run(&ns, a),
+        Command::Produce(a) => produce::run(&ns, a),
+        Command::Consume(a) => consume::run(&ns, a),
+        Command::Delete(a) => delete::run(&ns, a),
+        Command::Reap(a) => reap::run(&ns, a),
+        Command::Supervise(a) => supervise::run(&ns, a),
+        Command::Bench(a) => bench::run(&ns, a),
+    }
+}
