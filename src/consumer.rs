@@ -87,9 +87,9 @@ pub struct Delivered {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Cursor {
-    partition: u32,
-    next: u64,
+pub(crate) struct Cursor {
+    pub(crate) partition: u32,
+    pub(crate) next: u64,
 }
 
 /// Reads assigned partitions of a topic on behalf of a consumer group.
@@ -110,17 +110,17 @@ struct Cursor {
 /// # Ok::<(), shmq::Error>(())
 /// ```
 pub struct Consumer {
-    topic: Topic,
-    group: String,
-    store: Box<dyn OffsetStore>,
-    cursors: Vec<Cursor>,
-    rr: usize,
-    buf: RecordBuf,
-    strategy: WaitStrategy,
-    missed: u64,
-    corrupt: u64,
-    group_index: Option<u32>,
-    last_touch_ns: u64,
+    pub(crate) topic: Topic,
+    pub(crate) group: String,
+    pub(crate) store: Box<dyn OffsetStore>,
+    pub(crate) cursors: Vec<Cursor>,
+    pub(crate) rr: usize,
+    pub(crate) buf: RecordBuf,
+    pub(crate) strategy: WaitStrategy,
+    pub(crate) missed: u64,
+    pub(crate) corrupt: u64,
+    pub(crate) group_index: Option<u32>,
+    pub(crate) last_touch_ns: u64,
 }
 
 impl std::fmt::Debug for Consumer {

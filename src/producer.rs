@@ -45,12 +45,12 @@ pub struct SentBatch {
     pub count: usize,
 }
 
-struct Owned {
-    partition: u32,
-    writer: ring::Writer,
+pub(crate) struct Owned {
+    pub(crate) partition: u32,
+    pub(crate) writer: ring::Writer,
     /// Backpressure topics: offsets below this are known to have room
     /// (cached so the group table is read only when the ring looks full).
-    limit: u64,
+    pub(crate) limit: u64,
 }
 
 /// The stable hash that maps a key to a partition: 64-bit FNV-1a of the key
@@ -80,14 +80,14 @@ pub fn key_partition(key: &[u8], partitions: u32) -> u32 {
 /// # Ok::<(), shmq::Error>(())
 /// ```
 pub struct Producer {
-    topic: Topic,
-    owned: Vec<Owned>,
+    pub(crate) topic: Topic,
+    pub(crate) owned: Vec<Owned>,
     /// `by_partition[p]` = index into `owned`, or `usize::MAX`.
-    by_partition: Vec<usize>,
-    rr: usize,
-    slot_size: usize,
-    backpressure: bool,
-    send_timeout: Option<Duration>,
+    pub(crate) by_partition: Vec<usize>,
+    pub(crate) rr: usize,
+    pub(crate) slot_size: usize,
+    pub(crate) backpressure: bool,
+    pub(crate) send_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Producer {

@@ -26,7 +26,11 @@ pub struct CliError {
 impl CliError {
     /// A failure with an explicit exit code.
     pub fn new(code: u8, msg: impl Into<String>) -> Self {
-        CliError { code, msg: msg.into(), broken_pipe: false }
+        CliError {
+            code,
+            msg: msg.into(),
+            broken_pipe: false,
+        }
     }
     /// Exit code 1.
     pub fn failed(msg: impl Into<String>) -> Self {
@@ -56,7 +60,10 @@ impl From<shmq::Error> for CliError {
     fn from(e: shmq::Error) -> Self {
         use shmq::Error as E;
         let code = match &e {
-            E::InvalidName { .. } | E::InvalidConfig(_) | E::NoSuchPartition { .. } | E::NotOwned { .. } => 2,
+            E::InvalidName { .. }
+            | E::InvalidConfig(_)
+            | E::NoSuchPartition { .. }
+            | E::NotOwned { .. } => 2,
             E::TopicNotFound { .. } => 3,
             E::TopicExists { .. } => 4,
             E::MessageTooLarge { .. } => 5,
@@ -72,7 +79,11 @@ impl From<shmq::Error> for CliError {
 
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
-        CliError { code: 1, broken_pipe: e.kind() == std::io::ErrorKind::BrokenPipe, msg: e.to_string() }
+        CliError {
+            code: 1,
+            broken_pipe: e.kind() == std::io::ErrorKind::BrokenPipe,
+            msg: e.to_string(),
+        }
     }
 }
 
