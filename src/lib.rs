@@ -59,6 +59,8 @@ pub mod os;
 #[cfg(not(loom))]
 mod producer;
 #[cfg(not(loom))]
+pub mod reclaim;
+#[cfg(not(loom))]
 pub mod region;
 #[cfg(not(loom))]
 mod renewal;

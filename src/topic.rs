@@ -420,6 +420,12 @@ impl Topic {
     pub fn renew(&self) -> Result<()> {
         self.inner.renew().map_err(|_| self.inner.expired())
     }
+    /// The topic lease's expiry (Unix-epoch ns; `u64::MAX` once reclaimed).
+    /// Renewals move it forward; the supervisor reclaims the topic once it is
+    /// in the past.
+    pub fn lease_expiry_ns(&self) -> u64 {
+        self.inner.meta.meta_header().lease.expiry.load(crate::sync::Ordering::Acquire)
+    }
     /// Whether the topic was deleted or reclaimed under us.
     pub fn is_reclaimed(&self) -> bool {
         self.inner.reclaimed()

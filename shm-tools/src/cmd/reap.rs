@@ -1,14 +1,130 @@
-//! `shmq reap` (placeholder until its owner lands it).
+//! `shmq reap`: one supervisor pass.
+
+use std::io::Write;
+use std::time::Duration;
 
 use clap::Args;
+use serde_json::json;
+use shmq::reclaim::{self, ReapAction, ReapOptions, ReapReport};
 
-use crate::error::{CliError, CliResult};
+use crate::cli::Format;
+use crate::error::CliResult;
+use crate::util::parse_duration;
 
 /// Arguments of `shmq reap`.
 #[derive(Debug, Args)]
-pub struct ReapArgs {}
+#[command(
+    after_help = "Examples:\n  shmq reap --dry-run\n  shmq reap --all-namespaces --format json"
+)]
+pub struct ReapArgs {
+    /// Report what would be reclaimed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also remove malformed files named like shmq regions.
+    #[arg(long)]
+    pub force: bool,
+    /// Reclaim only leases expired at least this long ago.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Scan every namespace found in /dev/shm, not just --namespace.
+    #[arg(long)]
+    pub all_namespaces: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Run one pass over the chosen namespaces.
+pub fn pass(ns: &str, all: bool, opts: ReapOptions) -> CliResult<Vec<ReapReport>> {
+    let namespaces = if all {
+        reclaim::namespaces()?
+    } else {
+        vec![ns.to_string()]
+    };
+    let mut reports = Vec::new();
+    for ns in namespaces {
+        reports.push(reclaim::reap(&ns, opts)?);
+    }
+    Ok(reports)
+}
+
+/// JSON form of one action (stable field names: `kind`, `namespace`,
+/// `region`/`topic`/`file`, `detail`, `removed`).
+pub fn action_json(ns: &str, a: &ReapAction, dry_run: bool) -> serde_json::Value {
+    let mut v = match a {
+        ReapAction::ReclaimedTopic {
+            topic,
+            regions,
+            expired_for,
+        } => json!({
+            "topic": topic, "regions": regions, "expired_for_ms": expired_for.as_millis() as u64, "removed": !dry_run,
+        }),
+        ReapAction::RemovedReclaimed { region } | ReapAction::RemovedOrphan { region } => {
+            json!({ "region": region, "removed": !dry_run })
+        }
+        ReapAction::RemovedDeadToken { file, pid } => {
+            json!({ "file": file, "pid": pid, "removed": !dry_run })
+        }
+        ReapAction::Malformed {
+            file,
+            problem,
+            removed,
+        } => json!({ "file": file, "problem": problem, "removed": removed }),
+    };
+    v["kind"] = json!(a.kind());
+    v["namespace"] = json!(ns);
+    v["detail"] = json!(a.to_string());
+    v
+}
 
 /// Run `shmq reap`.
-pub fn run(_ns: &str, _args: ReapArgs) -> CliResult {
-    Err(CliError::failed("`shmq reap` is not built yet"))
+pub fn run(ns: &str, args: ReapArgs) -> CliResult {
+    let opts = ReapOptions {
+        grace: args.grace,
+        dry_run: args.dry_run,
+        force: args.force,
+    };
+    let reports = pass(ns, args.all_namespaces, opts)?;
+    match args.format {
+        Format::Json => {
+            let actions: Vec<_> = reports
+                .iter()
+                .flat_map(|r| {
+                    r.actions
+                        .iter()
+                        .map(move |a| action_json(&r.namespace, a, r.dry_run))
+                })
+                .collect();
+            let doc = json!({
+                "dry_run": args.dry_run,
+                "namespaces": reports.iter().map(|r| json!({
+                    "namespace": r.namespace, "live_topics": r.live_topics, "live_tokens": r.live_tokens,
+                })).collect::<Vec<_>>(),
+                "actions": actions,
+            });
+            writeln!(std::io::stdout().lock(), "{doc}")?;
+        }
+        Format::Table => {
+            for r in &reports {
+                let verb = if r.dry_run { "would: " } else { "" };
+                for a in &r.actions {
+                    writeln!(std::io::stdout().lock(), "{}: {verb}{a}", r.namespace)?;
+                }
+                writeln!(
+                    std::io::stdout().lock(),
+                    "{}: {} actions, {} live topics, {} live processes{}",
+                    r.namespace,
+                    r.actions.len(),
+                    r.live_topics,
+                    r.live_tokens,
+                    if r.dry_run {
+                        " (dry run: nothing changed)"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
