@@ -31,8 +31,11 @@ pub trait OffsetStore: Send {
 /// share the same map.
 #[derive(Clone, Debug, Default)]
 pub struct MemOffsetStore {
-    map: Arc<Mutex<HashMap<(String, String, u32), u64>>>,
+    map: Arc<Mutex<HashMap<OffsetKey, u64>>>,
 }
+
+/// (topic, group, partition)
+type OffsetKey = (String, String, u32);
 
 impl MemOffsetStore {
     /// An empty store.
