@@ -86,7 +86,7 @@ pub use offset::{MemOffsetStore, OffsetStore, ShmOffsetStore};
 #[cfg(not(loom))]
 pub use producer::{key_partition, Partitions, Producer, Sent, SentBatch};
 #[cfg(not(loom))]
-pub use renewal::RenewalPolicy;
+pub use renewal::{RenewalManager, RenewalPolicy};
 #[cfg(not(loom))]
 pub use ring::RecordBuf;
 #[cfg(not(loom))]
@@ -95,3 +95,8 @@ pub use stats::{GroupPartitionStats, GroupStats, PartitionStats, TopicStats, Wri
 pub use topic::{Topic, TopicManager, NAMESPACE_ENV};
 #[cfg(not(loom))]
 pub use wait::WaitStrategy;
+
+/// The README's Rust examples, compiled as doctests so they stay correct.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

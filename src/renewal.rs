@@ -78,3 +78,75 @@ fn run() {
             .0;
     }
 }
+
+/// Renewal driven by the caller's own loop (for [`RenewalPolicy::Manual`]
+/// managers): register topics, call [`RenewalManager::tick`] often (every few
+/// milliseconds is fine: it only touches shared memory when a topic's lease is
+/// due, at a quarter of its TTL).
+///
+/// # Examples
+/// ```no_run
+/// use shmq::{RenewalManager, RenewalPolicy, TopicConfig, TopicManager};
+/// let mgr = TopicManager::new()?.with_renewal(RenewalPolicy::Manual);
+/// let topic = mgr.open_or_create("events", TopicConfig::default())?;
+/// let mut renewals = RenewalManager::new();
+/// renewals.register(&topic);
+/// loop {
+///     // ... your event loop ...
+///     renewals.tick()?;
+/// #   break;
+/// }
+/// # Ok::<(), shmq::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct RenewalManager {
+    topics: Vec<(crate::Topic, std::time::Instant)>,
+}
+
+impl RenewalManager {
+    /// An empty manager.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Renew `topic` from now on (keeps a handle to it).
+    pub fn register(&mut self, topic: &crate::Topic) {
+        self.topics.push((topic.clone(), std::time::Instant::now()));
+    }
+
+    /// Stop renewing the topic named `name`; returns whether it was registered.
+    pub fn unregister(&mut self, name: &str) -> bool {
+        let before = self.topics.len();
+        self.topics.retain(|(t, _)| t.name() != name);
+        before != self.topics.len()
+    }
+
+    /// Renew every registered topic whose last renewal is a quarter of its
+    /// TTL old. Returns how many were renewed.
+    ///
+    /// # Errors
+    /// [`crate::Error::LeaseExpired`] for the first topic found reclaimed (it
+    /// is unregistered; the others are still renewed on the next tick).
+    pub fn tick(&mut self) -> crate::Result<usize> {
+        let now = std::time::Instant::now();
+        let mut renewed = 0;
+        let mut expired = None;
+        self.topics.retain_mut(|(topic, last)| {
+            if now.duration_since(*last) < topic.config().retention / 4 {
+                return true;
+            }
+            match topic.renew() {
+                Ok(()) => {
+                    *last = now;
+                    renewed += 1;
+                    true
+                }
+                Err(e) => {
+                    expired.get_or_insert(e);
+                    false
+                }
+            }
+        });
+        expired.map_or(Ok(renewed), Err)
+    }
+}

@@ -37,3 +37,36 @@ fn produce_consume_delete_round_trip() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn renewal_manager_renews_only_when_due_and_reports_reclaim() {
+    use shmq::{RenewalManager, RenewalPolicy};
+    use std::time::Duration;
+    let ns = format!("smokerm{}", std::process::id());
+    let mgr = TopicManager::with_namespace(&ns)
+        .unwrap()
+        .with_renewal(RenewalPolicy::Manual);
+    let topic = mgr
+        .create(
+            "t",
+            TopicConfig::default()
+                .partitions(1)
+                .retention(Duration::from_millis(400)),
+        )
+        .unwrap();
+    let mut rm = RenewalManager::new();
+    rm.register(&topic);
+    assert_eq!(rm.tick().unwrap(), 0, "not due yet");
+    let before = topic.lease_expiry_ns();
+    std::thread::sleep(Duration::from_millis(120));
+    assert_eq!(rm.tick().unwrap(), 1);
+    assert!(topic.lease_expiry_ns() > before, "the lease moved forward");
+    assert!(mgr.delete("t").unwrap());
+    std::thread::sleep(Duration::from_millis(120));
+    assert!(matches!(rm.tick(), Err(shmq::Error::LeaseExpired { .. })));
+    assert_eq!(
+        rm.tick().unwrap(),
+        0,
+        "a reclaimed topic is dropped from the manager"
+    );
+}
