@@ -46,7 +46,11 @@ pub struct ReapOptions {
 
 impl Default for ReapOptions {
     fn default() -> Self {
-        ReapOptions { grace: Duration::from_secs(1), dry_run: false, force: false }
+        ReapOptions {
+            grace: Duration::from_secs(1),
+            dry_run: false,
+            force: false,
+        }
     }
 }
 
@@ -109,21 +113,37 @@ impl ReapAction {
 impl std::fmt::Display for ReapAction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ReapAction::ReclaimedTopic { topic, regions, expired_for } => write!(
+            ReapAction::ReclaimedTopic {
+                topic,
+                regions,
+                expired_for,
+            } => write!(
                 f,
                 "reclaimed topic {topic:?}: lease expired {:.1}s ago; removed {} regions",
                 expired_for.as_secs_f64(),
                 regions.len()
             ),
-            ReapAction::RemovedReclaimed { region } => write!(f, "removed {region}: already marked reclaimed"),
-            ReapAction::RemovedOrphan { region } => write!(f, "removed {region}: partition without its topic"),
+            ReapAction::RemovedReclaimed { region } => {
+                write!(f, "removed {region}: already marked reclaimed")
+            }
+            ReapAction::RemovedOrphan { region } => {
+                write!(f, "removed {region}: partition without its topic")
+            }
             ReapAction::RemovedDeadToken { file, pid } => {
                 write!(f, "removed {file}: liveness token of dead process {pid}")
             }
-            ReapAction::Malformed { file, problem, removed } => write!(
+            ReapAction::Malformed {
+                file,
+                problem,
+                removed,
+            } => write!(
                 f,
                 "{} {file}: {problem}",
-                if *removed { "removed malformed" } else { "left malformed (use --force to remove)" }
+                if *removed {
+                    "removed malformed"
+                } else {
+                    "left malformed (use --force to remove)"
+                }
             ),
         }
     }
@@ -167,7 +187,11 @@ pub fn reap(ns: &str, opts: ReapOptions) -> Result<ReapReport> {
     name::validate_namespace(ns)?;
     let now = os::now_ns();
     let grace = opts.grace.as_nanos().min(u128::from(u64::MAX)) as u64;
-    let mut report = ReapReport { namespace: ns.to_string(), dry_run: opts.dry_run, ..Default::default() };
+    let mut report = ReapReport {
+        namespace: ns.to_string(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
     let files = os::list_shm(&name::namespace_prefix(ns))?;
     let exists = |f: &str| files.iter().any(|x| x == f);
 
@@ -190,7 +214,9 @@ pub fn reap(ns: &str, opts: ReapOptions) -> Result<ReapReport> {
                             lease::mark_reclaimed(&r.partition_header().lease);
                             let _ = os::shm_remove(file);
                         }
-                        report.actions.push(ReapAction::RemovedOrphan { region: file.clone() });
+                        report.actions.push(ReapAction::RemovedOrphan {
+                            region: file.clone(),
+                        });
                     }
                     Ok(None) => {}
                     Err(e) => malformed(file, &e, opts, &mut report),
@@ -201,7 +227,10 @@ pub fn reap(ns: &str, opts: ReapOptions) -> Result<ReapReport> {
                     if !opts.dry_run {
                         let _ = os::shm_remove(file);
                     }
-                    report.actions.push(ReapAction::RemovedDeadToken { file: file.clone(), pid });
+                    report.actions.push(ReapAction::RemovedDeadToken {
+                        file: file.clone(),
+                        pid,
+                    });
                 }
                 Liveness::Alive { .. } => report.live_tokens += 1,
                 Liveness::Missing => {}
@@ -209,9 +238,14 @@ pub fn reap(ns: &str, opts: ReapOptions) -> Result<ReapReport> {
             None => {
                 // Named like ours but not parseable: report, never touch
                 // without force.
-                let problem = "name does not follow shmq.<ns>.<topic>.{meta,p<N>} or _tok.<id>".to_string();
+                let problem =
+                    "name does not follow shmq.<ns>.<topic>.{meta,p<N>} or _tok.<id>".to_string();
                 let removed = opts.force && !opts.dry_run && os::shm_remove(file).is_ok();
-                report.actions.push(ReapAction::Malformed { file: file.clone(), problem, removed });
+                report.actions.push(ReapAction::Malformed {
+                    file: file.clone(),
+                    problem,
+                    removed,
+                });
             }
         }
     }
@@ -220,7 +254,11 @@ pub fn reap(ns: &str, opts: ReapOptions) -> Result<ReapReport> {
 
 fn malformed(file: &str, e: &Error, opts: ReapOptions, report: &mut ReapReport) {
     let removed = opts.force && !opts.dry_run && os::shm_remove(file).is_ok();
-    report.actions.push(ReapAction::Malformed { file: file.to_string(), problem: e.to_string(), removed });
+    report.actions.push(ReapAction::Malformed {
+        file: file.to_string(),
+        problem: e.to_string(),
+        removed,
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -424,7 +424,12 @@ impl Topic {
     /// Renewals move it forward; the supervisor reclaims the topic once it is
     /// in the past.
     pub fn lease_expiry_ns(&self) -> u64 {
-        self.inner.meta.meta_header().lease.expiry.load(crate::sync::Ordering::Acquire)
+        self.inner
+            .meta
+            .meta_header()
+            .lease
+            .expiry
+            .load(crate::sync::Ordering::Acquire)
     }
     /// Whether the topic was deleted or reclaimed under us.
     pub fn is_reclaimed(&self) -> bool {
