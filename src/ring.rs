@@ -99,6 +99,11 @@ pub enum ReadOutcome {
     Corrupt,
 }
 
+/// Offsets at or beyond this are never valid (2^62: 146 years at one record
+/// per nanosecond). Bounding them keeps `2o + 2` from wrapping, whatever a
+/// caller seeks to or a scribbled cursor says.
+pub const MAX_OFFSET: u64 = 1 << 62;
+
 #[inline]
 fn writing(offset: u64) -> u64 {
     offset.wrapping_mul(2).wrapping_add(1)
@@ -116,6 +121,9 @@ pub fn read<S: SlotMemory + ?Sized>(
     offset: u64,
     out: &mut RecordBuf,
 ) -> ReadOutcome {
+    if offset >= MAX_OFFSET {
+        return ReadOutcome::NotYet;
+    }
     let geo = mem.geometry();
     let index = offset & geo.mask();
     let seq = mem.seq(index);
@@ -192,7 +200,9 @@ impl Writer {
         wait: impl Fn(),
     ) -> Writer {
         let geo = mem.geometry();
-        let mut next = hdr.cursor.load(Ordering::Acquire);
+        // A scribbled cursor is clamped; the loop below advances at most
+        // `slots` times (a run of published slots cannot be longer).
+        let mut next = hdr.cursor.load(Ordering::Acquire).min(MAX_OFFSET - geo.slots - 1);
         let mut tries = 0u32;
         loop {
             let seq = mem.seq(next & geo.mask());
