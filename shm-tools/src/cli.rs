@@ -69,6 +69,12 @@ pub enum Command {
     ///
     /// Example: shmq bench latency
     Bench(crate::cmd::bench::BenchArgs),
+    /// Internal: the producer process of `shmq demo`.
+    #[command(hide = true)]
+    DemoProducer(crate::cmd::demo::ProducerArgs),
+    /// Internal: the consumer process of `shmq demo`.
+    #[command(hide = true)]
+    DemoConsumer(crate::cmd::demo::ConsumerArgs),
 }
 
 /// Output format option shared by several verbs.

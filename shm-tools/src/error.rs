@@ -44,6 +44,12 @@ impl CliError {
     pub fn code(&self) -> u8 {
         self.code
     }
+    /// Prefix the message with where it happened (`line 3: ...`), keeping
+    /// the exit code.
+    pub fn context(mut self, ctx: impl std::fmt::Display) -> Self {
+        self.msg = format!("{ctx}: {}", self.msg);
+        self
+    }
     /// Whether this is a closed stdout (exit quietly).
     pub fn is_broken_pipe(&self) -> bool {
         self.broken_pipe

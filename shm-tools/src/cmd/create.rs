@@ -1,14 +1,106 @@
-//! `shmq create` (placeholder until its owner lands it).
+//! `shmq create`: create a topic.
 
-use clap::Args;
+use std::io::Write;
+use std::time::Duration;
 
-use crate::error::{CliError, CliResult};
+use clap::{Args, ValueEnum};
+use shmq::{Overflow, TopicConfig, TopicManager};
+
+use crate::error::CliResult;
+use crate::util::{fmt_duration, parse_duration, parse_mode};
+
+/// Overflow policy, as typed on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OverflowArg {
+    /// The writer never waits; lagging readers are told how many they missed.
+    Overwrite,
+    /// The writer waits for the slowest live consumer group (never loses).
+    Backpressure,
+}
+
+impl From<OverflowArg> for Overflow {
+    fn from(o: OverflowArg) -> Overflow {
+        match o {
+            OverflowArg::Overwrite => Overflow::Overwrite,
+            OverflowArg::Backpressure => Overflow::Backpressure,
+        }
+    }
+}
+
+/// Name of an overflow policy as shown by `list`/`info` (and in their JSON).
+pub fn overflow_name(o: Overflow) -> &'static str {
+    match o {
+        Overflow::Overwrite => "overwrite",
+        Overflow::Backpressure => "backpressure",
+    }
+}
 
 /// Arguments of `shmq create`.
 #[derive(Debug, Args)]
-pub struct CreateArgs {}
+#[command(after_help = "\
+Examples:
+  shmq create orders
+  shmq create orders --partitions 8 --slots 4096 --slot-size 1000 --retention 1h
+  shmq create jobs --overflow backpressure --mode 0660 --namespace prod
+
+Memory used in /dev/shm is about partitions x slots x (slot-size + 24) bytes,
+allocated up front (a full /dev/shm fails here, not later).")]
+pub struct CreateArgs {
+    /// Topic name: letters, digits, '_' and '-', at most 64 bytes.
+    pub topic: String,
+    /// Number of partitions (1..=256).
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
+    /// Slots per partition ring, a power of two.
+    #[arg(long, default_value_t = 1024)]
+    pub slots: u64,
+    /// Largest key + value one message may have, in bytes.
+    #[arg(long, default_value_t = 1000)]
+    pub slot_size: u64,
+    /// How long the topic survives with no process attached (e.g. 30s, 1h, 7d).
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// What a writer does when the ring is full.
+    #[arg(long, value_enum, default_value_t = OverflowArg::Overwrite)]
+    pub overflow: OverflowArg,
+    /// Permission bits of the regions, in octal (must include 600).
+    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
+    pub mode: u32,
+    /// For backpressure topics: how long a consumer group with no sign of
+    /// life keeps holding writers back.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub dead_group_timeout: Duration,
+}
 
 /// Run `shmq create`.
-pub fn run(_ns: &str, _args: CreateArgs) -> CliResult {
-    Err(CliError::failed("`shmq create` is not built yet"))
+pub fn run(ns: &str, args: CreateArgs) -> CliResult {
+    let mgr = TopicManager::with_namespace(ns)?;
+    let config = TopicConfig {
+        partitions: args.partitions,
+        slots: args.slots,
+        slot_size: args.slot_size,
+        retention: args.retention,
+        overflow: args.overflow.into(),
+        mode: args.mode,
+        dead_group_timeout: args.dead_group_timeout,
+    };
+    let topic = mgr.create(&args.topic, config.clone())?;
+    let bytes_per_partition =
+        shmq::layout::partition_region_len(config.slots, config.slot_size).unwrap_or(0) as u64;
+    let total = bytes_per_partition * u64::from(config.partitions);
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "created topic {:?} in namespace {:?}: {} partitions x {} slots of {} bytes, {}, retention {}, mode {:04o} ({:.1} MiB in /dev/shm)",
+        topic.name(),
+        ns,
+        config.partitions,
+        config.slots,
+        config.slot_size,
+        overflow_name(config.overflow),
+        fmt_duration(config.retention),
+        config.mode,
+        total as f64 / (1024.0 * 1024.0),
+    )?;
+    Ok(())
 }

@@ -28,5 +28,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Reap(a) => reap::run(&ns, a),
         Command::Supervise(a) => supervise::run(&ns, a),
         Command::Bench(a) => bench::run(&ns, a),
+        Command::DemoProducer(a) => demo::run_producer(&ns, a),
+        Command::DemoConsumer(a) => demo::run_consumer(&ns, a),
     }
 }

@@ -1,14 +1,149 @@
-//! `shmq produce` (placeholder until its owner lands it).
+//! `shmq produce`: send one message per line of stdin (or of a file).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
+use serde_json::json;
+use shmq::{key_partition, Partitions, Producer, TopicManager};
 
+use crate::cli::Format;
 use crate::error::{CliError, CliResult};
+use crate::util::parse_duration;
 
 /// Arguments of `shmq produce`.
 #[derive(Debug, Args)]
-pub struct ProduceArgs {}
+#[command(after_help = "\
+Each line (without its \\n or \\r\\n) is one message; bytes are sent as they are.
+Without --key or --partition, messages go round-robin over every partition
+(this claims the writer lease of all of them for the duration of the command).
+
+Examples:
+  printf 'a\\nb\\n' | shmq produce orders
+  shmq produce orders --key user-42 --file events.txt
+  seq 1000 | shmq produce orders --partition 2 --format json")]
+pub struct ProduceArgs {
+    /// Topic name.
+    pub topic: String,
+    /// Key for every message; the partition is chosen by the key's stable hash.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Write only this partition.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+    /// Read lines from this file instead of stdin.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// On a backpressure topic, give up (exit code 9) when a message waits
+    /// longer than this for room; by default wait as long as it takes.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
 
 /// Run `shmq produce`.
-pub fn run(_ns: &str, _args: ProduceArgs) -> CliResult {
-    Err(CliError::failed("`shmq produce` is not built yet"))
+pub fn run(ns: &str, args: ProduceArgs) -> CliResult {
+    let mgr = TopicManager::with_namespace(ns)?;
+    let topic = mgr.open(&args.topic)?;
+    let key = args.key.as_deref().map(str::as_bytes);
+    let target = match (args.partition, key) {
+        (Some(p), _) => Some(p),
+        (None, Some(k)) => Some(key_partition(k, topic.partitions())),
+        (None, None) => None,
+    };
+    let which = target.map_or(Partitions::All, |p| Partitions::Only(vec![p]));
+    let mut producer = Producer::with_partitions(&topic, which)
+        .map_err(|e| {
+            let hint = match &e {
+                shmq::Error::PartitionHeld { .. } if target.is_none() => {
+                    " (or pick a free one with --partition N)"
+                }
+                _ => "",
+            };
+            CliError::from(e).context(format!("cannot write topic {:?}{hint}", args.topic))
+        })?
+        .with_send_timeout(args.timeout);
+
+    let input: Box<dyn BufRead> = match &args.file {
+        Some(path) => Box::new(BufReader::new(File::open(path).map_err(|e| {
+            CliError::failed(format!("cannot read {}: {e}", path.display()))
+        })?)),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut per_partition = vec![0u64; topic.partitions() as usize];
+    let mut sent = 0u64;
+    let result = send_lines(input, &mut producer, target, key, |p| {
+        sent += 1;
+        per_partition[p as usize] += 1;
+    });
+    drop(producer);
+    if let Err(e) = result {
+        if sent > 0 {
+            let noun = if sent == 1 {
+                "message was"
+            } else {
+                "messages were"
+            };
+            eprintln!("shmq: {sent} {noun} sent before the error");
+        }
+        return Err(e);
+    }
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Json => {
+            let parts: Vec<_> = per_partition
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n > 0)
+                .map(|(p, &n)| json!({ "partition": p, "sent": n }))
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                json!({ "topic": args.topic, "sent": sent, "partitions": parts })
+            )?;
+        }
+        Format::Table => {
+            let noun = if sent == 1 { "message" } else { "messages" };
+            writeln!(out, "sent {sent} {noun} to topic {:?}", args.topic)?;
+        }
+    }
+    Ok(())
+}
+
+fn send_lines(
+    mut input: Box<dyn BufRead>,
+    producer: &mut Producer,
+    target: Option<u32>,
+    key: Option<&[u8]>,
+    mut on_sent: impl FnMut(u32),
+) -> CliResult {
+    let mut line = Vec::new();
+    let mut n = 0u64;
+    loop {
+        line.clear();
+        let read = input
+            .read_until(b'\n', &mut line)
+            .map_err(|e| CliError::failed(format!("reading input: {e}")))?;
+        if read == 0 {
+            return Ok(());
+        }
+        n += 1;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        let sent = match target {
+            Some(p) => producer.send_to(p, key, &line),
+            None => producer.send(&line),
+        }
+        .map_err(|e| CliError::from(e).context(format!("line {n}")))?;
+        on_sent(sent.partition);
+    }
 }
