@@ -4,7 +4,21 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// shmq: a lock-free shared-memory message queue for processes on one host.
 #[derive(Debug, Parser)]
-#[command(name = "shmq", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "shmq",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "\
+Start with `shmq demo`. Every verb has --help with examples.
+
+Exit codes: 0 success (also when the output pipe closes), 1 failure (demo
+verification, OS error), 2 usage (bad argument, name, duration, mode or
+config), 3 topic not found, 4 topic already exists, 5 message too large for
+the topic's slots, 6 permission denied, 7 partition held by another live
+producer (or fenced), 8 lease expired / topic reclaimed, 9 timed out / full."
+)]
 pub struct Cli {
     /// Namespace (isolates deployments); default from SHMQ_NAMESPACE, else "default".
     #[arg(long, global = true, env = "SHMQ_NAMESPACE", default_value = "default")]

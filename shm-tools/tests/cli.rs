@@ -238,6 +238,13 @@ fn info_and_list_json_show_offsets_and_lag() {
         "--mode",
         "0640",
     ]);
+    // --mode reaches the files themselves.
+    for region in ["metrics.meta", "metrics.p0"] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = format!("/dev/shm/shmq.{}.{region}", ns.0);
+        let mode = std::fs::metadata(&path).expect(&path).permissions().mode();
+        assert_eq!(mode & 0o777, 0o640, "{path}");
+    }
     ns.ok_with(&["produce", "metrics"], b"a\nb\nc\nd\ne\n");
     ns.ok(&[
         "consume", "metrics", "--group", "slow", "--commit", "--max", "2",
@@ -430,4 +437,34 @@ fn demo_sends_and_verifies_across_processes() {
     assert!(private.starts_with("demo"), "{private}");
     assert_eq!(shm_files(&format!("shmq.{private}.")), Vec::<String>::new());
     assert_eq!(ns.files(), Vec::<String>::new());
+}
+
+#[test]
+fn demo_fails_when_a_message_is_lost_or_corrupt() {
+    let ns = Ns::new("df");
+    for (fault, want) in [
+        ("skip", "lost 1, corrupt 0"),
+        ("corrupt", "lost 1, corrupt 1"),
+    ] {
+        let out = ns.run(&[
+            "demo",
+            "--messages",
+            "2000",
+            "--probe",
+            "0",
+            "--inject-fault",
+            fault,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{fault}: {stdout}\n{stderr}");
+        assert!(stdout.contains(want), "{fault}: {stdout}");
+        assert!(stderr.contains("verification failed"), "{fault}: {stderr}");
+        let private = stdout
+            .split("private namespace \"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .expect("namespace in the report");
+        assert_eq!(shm_files(&format!("shmq.{private}.")), Vec::<String>::new());
+    }
 }

@@ -75,6 +75,16 @@ impl From<WaitArg> for WaitStrategy {
     }
 }
 
+/// A fault the producer injects on purpose (tests prove the consumer sees it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Fault {
+    /// Do not send the middle message (the consumer must report it lost).
+    Skip,
+    /// Flip a byte of the middle message after its checksum was computed
+    /// (the consumer must report it corrupt, and lost).
+    Corrupt,
+}
+
 fn parse_size(s: &str) -> Result<usize, String> {
     let n: usize = s
         .parse()
@@ -122,6 +132,9 @@ pub struct DemoArgs {
     /// How the consumer waits for messages.
     #[arg(long, value_enum, default_value_t = WaitArg::Backoff)]
     pub wait: WaitArg,
+    /// Testing: make the producer damage one message on purpose.
+    #[arg(long, value_enum, hide = true)]
+    pub inject_fault: Option<Fault>,
 }
 
 /// Arguments of the hidden `demo-producer` verb.
@@ -142,6 +155,9 @@ pub struct ProducerArgs {
     /// Bytes per message.
     #[arg(long, value_parser = parse_size)]
     pub size: usize,
+    /// Damage the middle message of the flat-out phase on purpose.
+    #[arg(long, value_enum)]
+    pub inject_fault: Option<Fault>,
 }
 
 /// Arguments of the hidden `demo-consumer` verb.
@@ -291,8 +307,14 @@ pub fn run_producer(ns: &str, args: ProducerArgs) -> CliResult {
         first_send_ns: mono_ns(),
         ..ProducerReport::default()
     };
+    let faulty = args.inject_fault.map(|f| (f, args.messages / 2));
     for seq in 0..args.messages {
         encode(&mut buf, seq, mono_ns());
+        match faulty {
+            Some((Fault::Skip, at)) if at == seq => continue,
+            Some((Fault::Corrupt, at)) if at == seq => buf[args.size / 2] ^= 0x40,
+            _ => {}
+        }
         producer.send(&buf)?;
     }
     report.last_send_ns = mono_ns();
@@ -622,7 +644,8 @@ pub fn run(_ns: &str, args: DemoArgs) -> CliResult {
 struct Outcome {
     producer_pid: u32,
     consumer_pid: u32,
-    producer: ProducerReport,
+    /// `None` if the producer process failed.
+    producer: Option<ProducerReport>,
     consumer: ConsumerReport,
 }
 
@@ -678,11 +701,11 @@ fn drive(
         ));
     }
 
-    let mut producer = spawn(
-        ns,
-        "demo-producer",
-        &common(&[("--probe-rate", args.probe_rate.to_string())]),
-    )?;
+    let mut producer_args = common(&[("--probe-rate", args.probe_rate.to_string())]);
+    if let Some(fault) = args.inject_fault.and_then(|f| f.to_possible_value()) {
+        producer_args.extend(["--inject-fault".to_string(), fault.get_name().to_string()]);
+    }
+    let mut producer = spawn(ns, "demo-producer", &producer_args)?;
     let producer_pid = producer.id();
     let mut producer_out = BufReader::new(
         producer
@@ -732,11 +755,11 @@ fn drive(
         )));
     }
     let consumer_report: ConsumerReport = read_report(&mut consumer_out, "consumer")?;
-    let producer_report: ProducerReport = if ps.success() {
-        read_report(&mut producer_out, "producer")?
+    let producer_report = if ps.success() {
+        Some(read_report(&mut producer_out, "producer")?)
     } else {
         eprintln!("shmq: the producer process failed ({ps})");
-        ProducerReport::default()
+        None
     };
     Ok(Outcome {
         producer_pid,
@@ -748,6 +771,9 @@ fn drive(
 
 fn print_latency(out: &mut impl Write, what: &str, l: &Latency) -> std::io::Result<()> {
     writeln!(out, "  {what}:")?;
+    if l.samples == 0 {
+        return writeln!(out, "    no samples");
+    }
     writeln!(
         out,
         "    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
@@ -762,7 +788,7 @@ fn print_latency(out: &mut impl Write, what: &str, l: &Latency) -> std::io::Resu
 
 fn print_report(ns: &str, args: &DemoArgs, o: &Outcome, left: &[String]) -> CliResult {
     let c = &o.consumer;
-    let p = &o.producer;
+    let p = o.producer.as_ref();
     let mut out = std::io::stdout().lock();
     let rate = |n: u64, ns: u64| n as f64 / (ns.max(1) as f64 / 1e9);
     writeln!(
@@ -778,17 +804,25 @@ fn print_report(ns: &str, args: &DemoArgs, o: &Outcome, left: &[String]) -> CliR
         "  topic {TOPIC:?} in private namespace {ns:?}: {} partitions x {} slots, backpressure (the writer may not overwrite unread messages)",
         args.partitions, args.slots
     )?;
-    let send_span = p.last_send_ns.saturating_sub(p.first_send_ns);
-    writeln!(
-        out,
-        "  producer pid {}: sent {} ({} flat out in {:.3} s), consumer pid {}: received {}",
-        o.producer_pid,
-        thousands(p.sent),
-        thousands(args.messages.min(p.sent)),
-        send_span as f64 / 1e9,
-        o.consumer_pid,
-        thousands(c.received),
-    )?;
+    match p {
+        Some(p) => writeln!(
+            out,
+            "  producer pid {}: sent {} ({} flat out in {:.3} s), consumer pid {}: received {}",
+            o.producer_pid,
+            thousands(p.sent),
+            thousands(args.messages.min(p.sent)),
+            p.last_send_ns.saturating_sub(p.first_send_ns) as f64 / 1e9,
+            o.consumer_pid,
+            thousands(c.received),
+        )?,
+        None => writeln!(
+            out,
+            "  producer pid {}: FAILED, consumer pid {}: received {}",
+            o.producer_pid,
+            o.consumer_pid,
+            thousands(c.received),
+        )?,
+    }
     writeln!(
         out,
         "  verified: every sequence number once, consecutive offsets and rising sequence numbers per partition, xxh3 checksum of every message"
@@ -825,7 +859,11 @@ fn print_report(ns: &str, args: &DemoArgs, o: &Outcome, left: &[String]) -> CliR
     writeln!(
         out,
         "  lost {}, corrupt {} (duplicates {}, out of order {}, lapped {})",
-        c.lost, c.corrupt, c.duplicates, c.out_of_order, c.lapped
+        thousands(c.lost),
+        thousands(c.corrupt),
+        thousands(c.duplicates),
+        thousands(c.out_of_order),
+        thousands(c.lapped)
     )?;
     if left.is_empty() {
         writeln!(

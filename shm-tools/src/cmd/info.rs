@@ -29,7 +29,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use shmq::layout::{KIND_META, KIND_PARTITION, RECLAIMED};
 use shmq::region::Region;
-use shmq::{Topic, TopicManager, TopicStats, WriterInfo};
+use shmq::{RenewalPolicy, Topic, TopicManager, TopicStats, WriterInfo};
 
 use crate::cli::Format;
 use crate::cmd::create::overflow_name;
@@ -194,7 +194,9 @@ pub fn info_json(ns: &str, topic: &Topic, stats: &TopicStats, leases: &PeekedLea
 
 /// Run `shmq info`.
 pub fn run(ns: &str, args: InfoArgs) -> CliResult {
-    let mgr = TopicManager::with_namespace(ns)?;
+    // Short-lived: no renewal thread (attaching still renews once; see the
+    // module docs).
+    let mgr = TopicManager::with_namespace(ns)?.with_renewal(RenewalPolicy::Manual);
     shmq::name::validate_topic(&args.topic)?;
     let leases = peek_leases(ns, &args.topic);
     let topic = mgr.open(&args.topic)?;

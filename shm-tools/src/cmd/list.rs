@@ -20,7 +20,7 @@ use std::io::Write;
 use clap::Args;
 use serde_json::{json, Value};
 use shmq::layout::RECLAIMED;
-use shmq::{Error, TopicManager};
+use shmq::{Error, RenewalPolicy, TopicManager};
 
 use crate::cli::Format;
 use crate::cmd::create::overflow_name;
@@ -119,7 +119,9 @@ fn describe(mgr: &TopicManager, ns: &str, name: &str) -> Row {
 
 /// Run `shmq list`.
 pub fn run(ns: &str, args: ListArgs) -> CliResult {
-    let mgr = TopicManager::with_namespace(ns)?;
+    // Short-lived: no renewal thread (attaching still renews once; see the
+    // module docs).
+    let mgr = TopicManager::with_namespace(ns)?.with_renewal(RenewalPolicy::Manual);
     let mut names = mgr.list()?;
     names.sort();
     let rows: Vec<Row> = names.iter().map(|n| describe(&mgr, ns, n)).collect();
