@@ -155,9 +155,24 @@ pub fn run(ns: &str, args: ConsumeArgs) -> CliResult {
         }
     }
 
+    // Without --follow, read what was there when we started: stop once every
+    // partition reached its write offset of now, even if a producer goes on.
+    let assigned = consumer.assignment();
+    let mut ends = Vec::with_capacity(assigned.len());
+    for &p in &assigned {
+        ends.push((p, topic.write_offset(p)?));
+    }
+    let caught_up = |c: &Consumer| {
+        ends.iter()
+            .all(|&(p, end)| c.position(p).is_none_or(|pos| pos >= end))
+    };
+
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     let mut remaining = args.max.unwrap_or(u64::MAX);
     while remaining > 0 && !stop.load(Ordering::Relaxed) {
+        if !args.follow && caught_up(&consumer) {
+            break;
+        }
         let batch = remaining.min(1024) as usize;
         let polled = if args.follow {
             consumer.poll_timeout(batch, Duration::from_millis(200))?
