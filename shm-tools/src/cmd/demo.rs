@@ -49,6 +49,8 @@ pub const MIN_SIZE: usize = 24;
 const TOPIC: &str = "demo";
 /// Consumer group of the demo consumer.
 const GROUP: &str = "demo";
+/// The probe producer spins (rather than sleeps) this close to a send time.
+const SPIN_NS: u64 = 100_000;
 
 /// How the demo consumer waits for messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -329,6 +331,12 @@ pub fn run_producer(ns: &str, args: ProducerArgs) -> CliResult {
         for i in 0..args.probe {
             let due = start + (i as f64 * interval) as u64;
             let mut now = mono_ns();
+            // Sleep through long gaps (leaving the CPU to the consumer on a
+            // small machine), spin through the last stretch for precision.
+            if due > now + SPIN_NS {
+                std::thread::sleep(Duration::from_nanos(due - now - SPIN_NS));
+                now = mono_ns();
+            }
             while now < due {
                 std::hint::spin_loop();
                 now = mono_ns();
