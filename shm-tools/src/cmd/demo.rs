@@ -851,7 +851,7 @@ fn print_report(ns: &str, args: &DemoArgs, o: &Outcome, left: &[String]) -> CliR
     )?;
     print_latency(
         &mut out,
-        "  flat out (mostly time queued behind a full ring)",
+        "  flat out (includes time queued whenever the consumer falls behind)",
         &c.bulk,
     )?;
     if args.probe > 0 {
