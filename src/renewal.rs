@@ -21,7 +21,9 @@ pub enum RenewalPolicy {
     /// A process-wide background thread renews at TTL/4.
     #[default]
     Background,
-    /// The caller renews with [`crate::Topic::renew`].
+    /// The caller renews with [`crate::Topic::renew`] or a
+    /// [`RenewalManager`]. Opening a topic does not renew it, so this is also
+    /// the policy for processes that only observe (`shmq list`, `info`).
     Manual,
 }
 

@@ -260,8 +260,11 @@ impl TopicManager {
             parts,
             token: self.token.clone(),
         });
-        let _ = inner.renew();
+        // Only a manager that renews in the background renews on open: under
+        // `Manual` (what observers such as `shmq list`/`info` use) opening a
+        // topic must not extend its life.
         if self.renewal == RenewalPolicy::Background {
+            let _ = inner.renew();
             renewal::register(&inner);
         }
         Topic { inner }
