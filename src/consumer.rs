@@ -291,7 +291,7 @@ impl Consumer {
         self.corrupt
     }
 
-    fn check_alive(&mut self) -> Result<()> {
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
         if self.topic.inner.reclaimed() {
             return Err(self.topic.inner.expired());
         }

@@ -74,6 +74,8 @@ pub mod token;
 mod topic;
 #[cfg(not(loom))]
 mod wait;
+#[cfg(not(loom))]
+mod zero_copy;
 
 #[cfg(not(loom))]
 pub use config::{Overflow, TopicConfig};
@@ -95,6 +97,11 @@ pub use stats::{GroupPartitionStats, GroupStats, PartitionStats, TopicStats, Wri
 pub use topic::{Topic, TopicManager, NAMESPACE_ENV};
 #[cfg(not(loom))]
 pub use wait::WaitStrategy;
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub use wait::{wake_stats, WakeStats};
+#[cfg(not(loom))]
+pub use zero_copy::{Loan, RecordView, Viewed};
 
 /// The README's Rust examples, compiled as doctests so they stay correct.
 #[cfg(doctest)]

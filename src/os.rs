@@ -122,6 +122,8 @@ pub struct Stat {
     pub uid: u32,
     /// Permission bits.
     pub mode: u32,
+    /// Last status change (creation, resize, chmod), Unix-epoch ns.
+    pub ctime_ns: u64,
 }
 
 impl ShmFd {
@@ -132,6 +134,8 @@ impl ShmFd {
             size: st.st_size.max(0) as u64,
             uid: st.st_uid,
             mode: st.st_mode & 0o7777,
+            ctime_ns: (st.st_ctime.max(0) as u64).saturating_mul(1_000_000_000)
+                + st.st_ctime_nsec.max(0) as u64,
         })
     }
 
@@ -296,5 +300,173 @@ pub fn futex_wake(word: &AtomicU32, n: i32) {
     // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is live.
     unsafe {
         libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Added for wait strategies, benchmarks and syscall-free proofs (issue 7).
+// ---------------------------------------------------------------------------
+
+/// Wake up to `n` waiters parked on `word`; returns how many the kernel woke
+/// (0 if nobody was sleeping on it, or if the call failed).
+pub fn futex_wake_count(word: &AtomicU32, n: i32) -> u32 {
+    // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is live.
+    let r = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n) };
+    u32::try_from(r).unwrap_or(0)
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`), in ascending
+/// order. Empty if the call fails.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is a plain bit array; all-zero is a valid value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 = the calling thread; `set` is a live, writable
+    // cpu_set_t of the size passed.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu < CPU_SETSIZE`, the bit array's size; reads only.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Pin the calling thread to CPU `cpu` (`sched_setaffinity`), so a benchmark's
+/// two processes run on separate cores.
+pub fn pin_to_cpu(cpu: usize) -> Result<(), OsError> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(OsError::new(
+            "sched_setaffinity",
+            &format!("cpu {cpu}"),
+            Errno::EINVAL,
+        ));
+    }
+    // SAFETY: `cpu_set_t` is a plain bit array; all-zero is a valid value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu < CPU_SETSIZE` (checked above); writes one bit of `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 = the calling thread; `set` is a live cpu_set_t of the
+    // size passed.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        return Err(OsError::new(
+            "sched_setaffinity",
+            &format!("cpu {cpu}"),
+            Errno::last(),
+        ));
+    }
+    Ok(())
+}
+
+/// Forbid the calling thread every system call except `write`, `exit` and
+/// `rt_sigreturn`, with a seccomp filter whose violation kills the whole
+/// process with `SIGSYS`. Irreversible; the thread's other threads are not
+/// affected. Tests use it to prove that a hot path (a `send` with no parked
+/// reader) makes no system call at all: run it in a child process after
+/// this call, report with [`write_fd`], and check the child got that far.
+///
+/// (`SECCOMP_MODE_STRICT` would be simpler but also disables `rdtsc` on
+/// x86, which breaks the vDSO clock that every `send` reads.)
+#[doc(hidden)]
+pub fn forbid_syscalls() -> Result<(), OsError> {
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xC000_003E;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xC000_00B7;
+    const ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
+    const KILL: u32 = 0x8000_0000; // SECCOMP_RET_KILL_PROCESS
+    let ld = |off: u32| libc::sock_filter {
+        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+        jt: 0,
+        jf: 0,
+        k: off,
+    };
+    // Jump to `allow` (jt) when equal, else fall through.
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ret = |k: u32| libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // struct seccomp_data { int nr; __u32 arch; ... }
+    let mut prog = [
+        ld(4),                                    // 0: A = arch
+        jeq(AUDIT_ARCH, 1, 0),                    // 1: native arch -> 3
+        ret(KILL),                                // 2
+        ld(0),                                    // 3: A = syscall number
+        jeq(libc::SYS_write as u32, 3, 0),        // 4: -> 8
+        jeq(libc::SYS_exit as u32, 2, 0),         // 5: -> 8
+        jeq(libc::SYS_rt_sigreturn as u32, 1, 0), // 6: -> 8
+        ret(KILL),                                // 7
+        ret(ALLOW),                               // 8
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only; it is required to
+    // install a filter without CAP_SYS_ADMIN.
+    let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) };
+    if r != 0 {
+        return Err(OsError::new("prctl", "PR_SET_NO_NEW_PRIVS", Errno::last()));
+    }
+    // SAFETY: `fprog` points to `prog`, a live array of `len` instructions;
+    // the kernel copies the program during the call.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        return Err(OsError::new("prctl", "PR_SET_SECCOMP", Errno::last()));
+    }
+    Ok(())
+}
+
+/// Write all of `bytes` to file descriptor `fd` with raw `write(2)` calls,
+/// the one output a thread in strict seccomp mode may still use.
+#[doc(hidden)]
+pub fn write_fd(fd: i32, bytes: &[u8]) -> Result<(), OsError> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // SAFETY: `rest` is a live slice of `rest.len()` readable bytes.
+        let r = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        if r < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(OsError::new("write", &format!("fd {fd}"), e));
+        }
+        rest = &rest[r as usize..];
+    }
+    Ok(())
+}
+
+impl Mapping {
+    /// The mapping as 64-bit atomic words (`len / 8` of them). For small
+    /// shared structures built without the shmq layout, such as the
+    /// baselines of `shmq bench`; every access then goes through atomics.
+    pub fn as_atomic_u64s(&self) -> &[crate::sync::AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so 8-aligned) and `len` bytes
+        // long, so `len / 8` consecutive `AtomicU64`s fit; an `AtomicU64` has
+        // the size and bit validity of a `u64`, valid for any bytes; the
+        // mapping lives as long as `&self`, and shared mutation through
+        // atomics is sound by construction.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().cast::<crate::sync::AtomicU64>(),
+                self.len / 8,
+            )
+        }
     }
 }

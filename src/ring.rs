@@ -338,3 +338,165 @@ pub fn earliest(hdr: &PartitionHeader, geo: Geometry) -> u64 {
 pub fn latest(hdr: &PartitionHeader) -> u64 {
     hdr.cursor.load(Ordering::Acquire)
 }
+
+// ---------------------------------------------------------------------------
+// In-place protocol entry points (zero-copy reads and loaned writes).
+//
+// They follow exactly the steps of `read` and `Writer::write_slot` above, split
+// so that the body can be used in place between them; `crate::zero_copy`
+// builds `Consumer::poll_with` and `Producer::loan` on them.
+// ---------------------------------------------------------------------------
+
+/// What an in-place read of one offset found (see [`read_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadWith<T> {
+    /// The closure ran on the slot holding the requested offset.
+    Record {
+        /// What the closure returned.
+        output: T,
+        /// `false` if the writer began overwriting the slot while the closure
+        /// ran: the bytes it saw may be torn, so `output` must be discarded
+        /// and the offset counts as lost.
+        intact: bool,
+    },
+    /// That offset has not been published yet (the closure did not run).
+    NotYet,
+    /// The offset was overwritten before the read began (the closure did not
+    /// run): as [`ReadOutcome::Lapped`].
+    Lapped {
+        /// Number of offsets skipped (`resume - requested`).
+        missed: u64,
+        /// The oldest offset that can still be intact.
+        resume: u64,
+    },
+    /// The slot's lengths are impossible (the closure did not run): as
+    /// [`ReadOutcome::Corrupt`].
+    Corrupt,
+}
+
+/// Read offset `offset` in place: if its slot holds it, call `view` with the
+/// slot index (the closure borrows the body where it lies and returns `None`
+/// if the stored lengths are out of bounds), then re-validate the sequence
+/// word. The same seqlock as [`read`], with the copy replaced by `view`.
+pub fn read_with<S: SlotMemory + ?Sized, T>(
+    hdr: &PartitionHeader,
+    mem: &S,
+    offset: u64,
+    view: impl FnOnce(u64) -> Option<T>,
+) -> ReadWith<T> {
+    if offset >= MAX_OFFSET {
+        return ReadWith::NotYet;
+    }
+    let geo = mem.geometry();
+    let index = offset & geo.mask();
+    let seq = mem.seq(index);
+    let want = holds(offset);
+    // SYNC POINT "slot published": pairs with the writer's PUBLISH store.
+    let s1 = seq.load(Ordering::Acquire);
+    if s1 < want {
+        return ReadWith::NotYet;
+    }
+    if s1 == want {
+        let output = view(index);
+        // SYNC POINT "writing mark": pairs with the writer's fence(Release)
+        // after its claim; if `view` saw any byte of a newer body, the re-load
+        // below sees that body's odd mark (or later).
+        fence(Ordering::Acquire);
+        let intact = seq.load(Ordering::Relaxed) == want;
+        match output {
+            Some(output) => return ReadWith::Record { output, intact },
+            None if intact => return ReadWith::Corrupt,
+            None => {}
+        }
+    }
+    match lapped(hdr, geo, offset) {
+        ReadOutcome::Lapped { missed, resume } => ReadWith::Lapped { missed, resume },
+        _ => ReadWith::NotYet,
+    }
+}
+
+/// A slot claimed by [`Writer::claim`]: its `seq` says "writing `offset`"
+/// until [`Writer::publish_claimed`] or [`Writer::abandon_claimed`] consumes
+/// this token.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a claimed slot stays unreadable until it is published or abandoned"]
+pub struct Claimed {
+    offset: u64,
+}
+
+impl Claimed {
+    /// The offset the claimed slot will hold.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl Writer {
+    /// Claim the next slot for writing in place (steps 1–2 of the protocol:
+    /// the claim CAS and the "writing mark" fence). The caller writes the
+    /// body through the slot memory, then publishes or abandons the claim.
+    /// Until then this writer must not write another slot.
+    pub fn claim<S: SlotMemory + ?Sized>(
+        &mut self,
+        hdr: &PartitionHeader,
+        mem: &S,
+    ) -> Result<Claimed, WriteError> {
+        let geo = mem.geometry();
+        let offset = self.next;
+        let seq = mem.seq(offset & geo.mask());
+        let mut expected = if offset >= geo.slots {
+            holds(offset - geo.slots)
+        } else {
+            0
+        };
+        loop {
+            match seq.compare_exchange(
+                expected,
+                writing(offset),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                // As in `write_slot`: an older even value is still ours.
+                Err(actual) if actual < writing(offset) && actual % 2 == 0 => expected = actual,
+                Err(_) => {
+                    return Err(WriteError::Fenced {
+                        current: hdr.writer.load(Ordering::Acquire),
+                    });
+                }
+            }
+        }
+        // SYNC POINT "writing mark": orders the odd mark before the body.
+        fence(Ordering::Release);
+        Ok(Claimed { offset })
+    }
+
+    /// Publish a slot filled in place (step 4): readers may now read it.
+    /// Like [`Writer::write_slot`], this does not advance the shared cursor;
+    /// call [`Writer::commit`] afterwards.
+    pub fn publish_claimed<S: SlotMemory + ?Sized>(&mut self, mem: &S, claim: Claimed) -> u64 {
+        let offset = claim.offset;
+        debug_assert_eq!(offset, self.next, "one claim at a time");
+        let seq = mem.seq(offset & mem.geometry().mask());
+        // SYNC POINT "slot published": pairs with the reader's Acquire load.
+        seq.store(holds(offset), PUBLISH);
+        self.next = offset + 1;
+        offset
+    }
+
+    /// Give a claimed slot up without publishing it. Its body may already be
+    /// half overwritten, so it is marked as holding offset `offset - 1` (the
+    /// repair `Writer::resume` applies to a dead writer's slot): a reader of
+    /// `offset` sees "not yet", a reader of the slot's previous occupant sees
+    /// "lapped", and the next claim of this offset succeeds.
+    pub fn abandon_claimed<S: SlotMemory + ?Sized>(&mut self, mem: &S, claim: Claimed) {
+        let offset = claim.offset;
+        debug_assert_eq!(offset, self.next, "one claim at a time");
+        let seq = mem.seq(offset & mem.geometry().mask());
+        // SYNC POINT "slot published" (of nothing): Release so the stale
+        // bytes written so far are ordered before the even mark, exactly as
+        // for a publish; readers then see a value that matches no offset of
+        // this slot they may still be waiting for.
+        seq.store(holds(offset.wrapping_sub(1)), Ordering::Release);
+    }
+}

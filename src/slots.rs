@@ -70,6 +70,72 @@ impl<'a> MappedSlots<'a> {
     }
 }
 
+impl<'a> MappedSlots<'a> {
+    /// Borrow slot `index`'s body where it lies, for an in-place read:
+    /// `(timestamp, key_len, key + value bytes)`, or `None` if the stored
+    /// lengths are out of bounds.
+    ///
+    /// The bytes are plain `u8`s inside the mapping, which outlives `'a`; but
+    /// on an overwrite topic the writer may start rewriting them while they
+    /// are borrowed (the seqlock race `read_body` tolerates for its copy).
+    /// The caller (`crate::ring::read_with`) re-validates the slot's sequence
+    /// word afterwards and reports the borrow as lapped if it changed; the
+    /// borrower must treat the bytes as untrusted input either way.
+    pub(crate) fn view(&self, index: u64) -> Option<(u64, Option<u32>, &'a [u8])> {
+        let (ts, key_len, src, len) = self.body(index)?;
+        // SAFETY: `src..src + len` lies inside slot `index` (bounds checked
+        // by `body` against the validated geometry), inside the mapping that
+        // `self.region: &'a Region` keeps alive for `'a`; every bit pattern is
+        // a valid `u8`. Concurrent writes by another process are the seqlock
+        // race described above and in the module docs.
+        let bytes = unsafe { std::slice::from_raw_parts(src, len) };
+        Some((ts, key_len, bytes))
+    }
+
+    /// Start an in-place write into slot `index`, which the caller has
+    /// claimed (`crate::ring::Writer::claim`): store the header for a value
+    /// of `len` bytes without key (`len <= slot_size`, asserted).
+    pub(crate) fn begin_loan(&self, index: u64, timestamp_ns: u64, len: usize) {
+        assert!(
+            len as u64 <= self.geo.slot_size,
+            "caller checks the loan fits"
+        );
+        let p = self.slot(index);
+        // SAFETY: the three header words lie inside this slot; the caller
+        // holds the slot's claim, so no other writer stores to them.
+        unsafe {
+            p.add(8).cast::<u32>().write_volatile(len as u32);
+            p.add(12).cast::<u32>().write_volatile(0);
+            p.add(16).cast::<u64>().write_volatile(timestamp_ns);
+        }
+    }
+
+    /// The first `len` body bytes of claimed slot `index`, for writing in
+    /// place (`len <= slot_size`, asserted). They hold whatever an earlier
+    /// record left there.
+    ///
+    /// The caller must hold the slot's claim for as long as the slice lives
+    /// and must not call this again for the same slot while it does (the
+    /// loan in `crate::zero_copy` derives the slice from `&mut self` each
+    /// time, which guarantees both). Readers may copy these bytes meanwhile;
+    /// they discard what they copied because the sequence word is odd.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) fn loan_body(&self, index: u64, len: usize) -> &'a mut [u8] {
+        assert!(
+            len as u64 <= self.geo.slot_size,
+            "caller checks the loan fits"
+        );
+        let p = self.slot(index);
+        // SAFETY: `SLOT_HEADER + len <= SLOT_HEADER + slot_size <= stride`,
+        // so the range lies inside slot `index` within the mapping that
+        // `self.region: &'a Region` keeps alive for `'a`. The caller holds
+        // the slot's claim (single writer by the writer lease and the claim
+        // CAS) and keeps at most one such slice alive, so nothing else in
+        // any process writes these bytes while the `&mut` lives.
+        unsafe { std::slice::from_raw_parts_mut(p.add(SLOT_HEADER), len) }
+    }
+}
+
 impl SlotMemory for MappedSlots<'_> {
     #[inline]
     fn geometry(&self) -> Geometry {

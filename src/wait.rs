@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::layout::{MetaHeader, PartitionHeader};
 use crate::os;
-use crate::sync::{spin_hint, yield_now, Ordering};
+use crate::sync::{spin_hint, yield_now, AtomicU64, Ordering};
 
 /// How a blocking receive waits for the next record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,10 +33,41 @@ const SPINS: u32 = 1000;
 /// Yields of `Backoff` before it parks.
 const YIELDS: u32 = 50;
 
+/// `FUTEX_WAKE` calls this process made (see [`wake_stats`]).
+static WAKE_CALLS: AtomicU64 = AtomicU64::new(0);
+/// Sleepers the kernel reported woken by them.
+static WOKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Futex wake-ups issued by this process's producers since it started.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakeStats {
+    /// `FUTEX_WAKE` system calls made: one per publish that found a reader
+    /// parked (announced in a partition's `waiters`); zero while nobody is.
+    pub calls: u64,
+    /// Parked threads (in any process) the kernel reported woken by them.
+    pub woken: u64,
+}
+
+/// Futex wake-ups issued by this process so far: a cheap way for tests and
+/// `shmq bench` to check that sends make no wake-up syscall while no reader
+/// is parked, and that a parked reader was really woken by the kernel.
+#[doc(hidden)]
+pub fn wake_stats() -> WakeStats {
+    WakeStats {
+        calls: WAKE_CALLS.load(Ordering::Relaxed),
+        woken: WOKEN.load(Ordering::Relaxed),
+    }
+}
+
 /// Wake every reader parked on the topic.
 pub(crate) fn wake_all(meta: &MetaHeader) {
+    // SYNC POINT "notify": a reader that loaded the old value before parking
+    // finds the word changed and does not sleep (or is woken below).
     meta.notify.fetch_add(1, Ordering::Release);
-    os::futex_wake(&meta.notify, i32::MAX);
+    let woken = os::futex_wake_count(&meta.notify, i32::MAX);
+    WAKE_CALLS.fetch_add(1, Ordering::Relaxed);
+    WOKEN.fetch_add(u64::from(woken), Ordering::Relaxed);
 }
 
 /// Park until one of `parts` (header, offset waited for) publishes past its
