@@ -1,67 +1,103 @@
 //! Backpressure: a writer on a `Backpressure` topic never passes the slowest
-//! live consumer group's committed offset by a full ring.
+//! *holding* consumer group's committed offset by a full ring.
 //!
-//! A group counts as live while it showed a sign of life (join, poll,
-//! commit, heartbeat) within the topic's `dead_group_timeout`; after that it
-//! stops holding the writer back, so a dead group cannot stall a topic
-//! forever. With no live group the writer runs free.
+//! A group holds the writer back while either
+//!
+//! * one of its member entries belongs to a live process (the member's
+//!   kernel-held liveness token, see `crate::token`) — a live but slow or
+//!   stuck member keeps holding, which is the point of backpressure; or
+//! * it showed a sign of life (join, poll, commit, heartbeat, leave) within
+//!   the topic's `dead_group_timeout` (`TopicConfig::dead_group_timeout`,
+//!   default 30 s) — this covers plain [`crate::Consumer`]s, which are not
+//!   members and touch the group a few times per timeout while they poll.
+//!
+//! So a group whose members all died (or that nobody polls any more) stops
+//! holding the topic back `dead_group_timeout` after its last sign of life,
+//! and a dead group can never stall a topic forever. With no holding group
+//! the writer runs free.
 //!
 //! The producer caches the limit this returns and calls again only when its
 //! next offset reaches it, so the group table is read when the ring looks
-//! full, not per message.
+//! full, not per message. The limit is capped at one ring beyond the
+//! writer, so a group that starts (or comes back) to hold the topic is
+//! noticed within one ring of records. Tokens are probed only for groups
+//! idle longer than the timeout. The pure check is
+//! `group_protocol::write_limit` (model-checked under loom).
+//!
+//! Waiting: spin, then yield, then sleep in growing steps up to 1 ms; the set
+//! of holding groups is re-evaluated every few milliseconds while waiting.
 
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::group_protocol as proto;
 use crate::layout::group_state;
 use crate::os;
 use crate::sync::{spin_hint, yield_now, Ordering};
+use crate::token;
 use crate::topic::TopicInner;
 
-/// The first offset partition `p` may not write yet: the slowest live group's
-/// committed offset plus the ring size (`u64::MAX` when no group is live).
-pub(crate) fn limit(inner: &TopicInner, p: u32, now_ns: u64) -> u64 {
+/// How often a waiting writer re-evaluates which groups hold it back.
+const RECHECK: Duration = Duration::from_millis(5);
+
+/// The groups that hold the writer back at `now_ns`.
+fn holding_groups(inner: &TopicInner, now_ns: u64) -> Vec<u32> {
     let dead_after = inner.config.dead_group_timeout.as_nanos() as u64;
-    let slots = inner.config.slots;
-    let mut floor: Option<u64> = None;
+    let me = inner.token.id();
+    let mut out = Vec::new();
     for g in 0..inner.meta_geo.group_cap {
         let view = inner.group(g);
         if view.header.state.load(Ordering::Acquire) != group_state::READY {
             continue;
         }
         let active = view.header.last_active_ns.load(Ordering::Relaxed);
-        if now_ns.saturating_sub(active) > dead_after {
-            continue;
+        let recent = now_ns.saturating_sub(active) <= dead_after;
+        let holds = recent
+            || view.members.iter().any(|m| {
+                let t = proto::token_of(m.id.load(Ordering::Acquire));
+                t != 0 && (t == me || !token::probe(&inner.ns, t).is_dead())
+            });
+        if holds {
+            out.push(g);
         }
-        // SYNC POINT "commit": pairs with the Release store of a commit.
-        let committed = view.partitions[p as usize]
-            .committed
-            .load(Ordering::Acquire)
-            .saturating_sub(1);
-        floor = Some(floor.map_or(committed, |f| f.min(committed)));
     }
-    floor.map_or(u64::MAX, |f| f.saturating_add(slots))
+    out
+}
+
+/// The first offset partition `p` may not write yet, given the holding
+/// groups, capped at one ring beyond `next`.
+fn limit_for(inner: &TopicInner, p: u32, groups: &[u32], next: u64) -> u64 {
+    let floors = groups
+        .iter()
+        .map(|&g| proto::committed_floor(&inner.group(g).partitions[p as usize]));
+    proto::write_limit(floors, inner.config.slots).min(next.saturating_add(inner.config.slots))
 }
 
 /// Wait until offset `next` of partition `p` may be written; returns the new
-/// limit. `timeout` `Some(ZERO)` never waits; `None` waits indefinitely.
+/// limit (cache it: call again only when `next` reaches it). `timeout`
+/// `Some(ZERO)` never waits; `None` waits indefinitely.
 ///
 /// # Errors
-/// [`Error::Full`] when the timeout passes, [`Error::LeaseExpired`].
+/// [`Error::Full`] when the timeout passes (counted in the partition's
+/// `full_events`), [`Error::LeaseExpired`].
 pub(crate) fn wait_for_room(
     inner: &TopicInner,
     p: u32,
     next: u64,
     timeout: Option<Duration>,
 ) -> Result<u64> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let start = Instant::now();
+    let deadline = timeout.map(|t| start + t);
+    let mut holders = holding_groups(inner, os::now_ns());
+    let mut holders_at = start;
     let mut round = 0u32;
     loop {
-        let lim = limit(inner, p, os::now_ns());
+        let lim = limit_for(inner, p, &holders, next);
         if next < lim {
             return Ok(lim);
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
             inner.parts[p as usize]
                 .header()
                 .full_events
@@ -71,13 +107,19 @@ pub(crate) fn wait_for_room(
         if inner.reclaimed() {
             return Err(inner.expired());
         }
+        if now.duration_since(holders_at) >= RECHECK {
+            holders = holding_groups(inner, os::now_ns());
+            holders_at = now;
+        }
         round = round.saturating_add(1);
         if round < 100 {
             spin_hint();
         } else if round < 200 {
             yield_now();
         } else {
-            std::thread::sleep(Duration::from_micros(50));
+            let step = Duration::from_micros(u64::from((round - 199).min(20)) * 50);
+            let step = deadline.map_or(step, |d| step.min(d.saturating_duration_since(now)));
+            std::thread::sleep(step);
         }
     }
 }

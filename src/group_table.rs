@@ -80,7 +80,13 @@ pub(crate) fn find_or_create(inner: &TopicInner, group: &str) -> Result<u32> {
         for m in view.members {
             m.id.store(0, Ordering::Relaxed);
             m.heartbeat_ns.store(0, Ordering::Relaxed);
+            m.pid.store(0, Ordering::Relaxed);
+            m.role.store(0, Ordering::Relaxed);
+            m.work_lo.store(0, Ordering::Relaxed);
+            m.work_hi.store(0, Ordering::Relaxed);
         }
+        // 0 = "not set": the first `ConsumerGroup` to join sets it.
+        h.stale_ms.store(0, Ordering::Relaxed);
         h.last_active_ns.store(os::now_ns(), Ordering::Relaxed);
         // SYNC POINT "group ready".
         h.state.store(group_state::READY, Ordering::Release);

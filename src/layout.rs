@@ -66,6 +66,31 @@
 //!        |          partitions[partitions]     (64 B each: GroupPartition)               |
 //!        | group 1 ...                    up to group_cap groups                         |
 //!        +===============================================================================+
+//!
+//!  GroupHeader
+//!        0               8       12      16                                      56      64
+//!        +---------------+-------+-------+---------------------------------------+-------+
+//!        | state (atomic)|name_  |stale_ | name [40 bytes]                       |last_  |
+//!        | 0 free 1 init |len u32|ms atm |                                       |active |
+//!        | 2 ready       |       |(0=unset)                                      |ns atm |
+//!        +---------------+-------+-------+---------------------------------------+-------+
+//!  MemberEntry
+//!        0               8               16      20      24              32              40            64
+//!        +---------------+---------------+-------+-------+---------------+---------------+-------------+
+//!        | id (atomic)   | heartbeat_ns  | pid   | role  | work_lo       | work_hi       | (pad 24)    |
+//!        | J<<63|gen<<32 | (atomic, Unix)| u32atm| u32atm| (atomic)      | (atomic)      |             |
+//!        | |token; tok 0 |               |       | 0, or | first+1, 0 =  | end, excl.    |             |
+//!        | = free        |               |       | p+1   | idle          |               |             |
+//!        +---------------+---------------+-------+-------+---------------+---------------+-------------+
+//!  GroupPartition
+//!        0               8               16              24              32              40            64
+//!        +---------------+---------------+---------------+---------------+---------------+-------------+
+//!        | committed     | owner (atomic)| next (atomic) | nacks         | dead_lettered | (pad 24)    |
+//!        | next+1, 0=none| gen<<32|idx+1 | next+1, 0=    | (atomic)      | (atomic)      |             |
+//!        | (atomic)      | 0 free, low   | unset         |               |               |             |
+//!        |               | 0xFFFFFFFF=   | (competing    |               |               |             |
+//!        |               | shared        |  consumers)   |               |               |             |
+//!        +---------------+---------------+---------------+---------------+---------------+-------------+
 //! ```
 //!
 //! Compile-time asserts at the bottom of this file keep the diagrams honest.
@@ -216,8 +241,9 @@ pub struct GroupHeader {
     pub state: AtomicU64,
     /// Length of `name` in bytes (at most [`GROUP_NAME_MAX`]).
     pub name_len: u32,
-    /// Milliseconds after its last heartbeat a member counts as stale.
-    pub stale_ms: u32,
+    /// Milliseconds after its last heartbeat a member counts as stale; `0`
+    /// until the first `ConsumerGroup` sets it (first setter wins, by CAS).
+    pub stale_ms: AtomicU32,
     /// Group name bytes (valid up to `name_len`).
     pub name: [u8; GROUP_NAME_MAX],
     /// Unix ns of the group's last sign of life (commit, heartbeat, join).
@@ -234,17 +260,28 @@ pub mod group_state {
     pub const READY: u64 = 2;
 }
 
-/// One member of a consumer group (64 bytes).
+/// One member of a consumer group (64 bytes). See `crate::group_protocol`
+/// for the state machine of `id`.
 #[repr(C)]
 pub struct MemberEntry {
-    /// `generation << 32 | token`; token 0 = free slot.
+    /// `joining << 63 | generation << 32 | token`; token 0 = free slot (the
+    /// generation of its last occupant stays, so a re-used slot gets a new
+    /// one). Bit 63 set = the occupant is still initialising the entry.
     pub id: AtomicU64,
     /// Unix ns of the member's last heartbeat.
     pub heartbeat_ns: AtomicU64,
     /// Process id, informational only (liveness comes from the token).
     pub pid: AtomicU32,
-    _pad0: u32,
-    _pad1: [u64; 5],
+    /// `0` = the member claims whole partitions; `p + 1` = it is a competing
+    /// consumer sharing partition `p`'s cursor with the other members.
+    pub role: AtomicU32,
+    /// Competing consumers: first offset + 1 of the batch in progress
+    /// (`0` = none); published *before* the batch is taken from
+    /// `GroupPartition::next`, cleared when it is done.
+    pub work_lo: AtomicU64,
+    /// Competing consumers: end (exclusive) of the batch in progress.
+    pub work_hi: AtomicU64,
+    _pad1: [u64; 3],
 }
 
 /// One group's state for one partition (64 bytes).
@@ -253,15 +290,60 @@ pub struct GroupPartition {
     /// Committed position plus one: `next offset to process + 1`; `0` means
     /// nothing committed yet.
     pub committed: AtomicU64,
-    /// Claim: `generation << 32 | (member index + 1)`; low half 0 = unclaimed.
+    /// Claim: `generation << 32 | (member index + 1)`; low half 0 = unclaimed,
+    /// low half `0xFFFF_FFFF` = shared by the group's competing consumers.
     pub owner: AtomicU64,
-    /// Shared read cursor for competing consumers (next offset to hand out).
+    /// Shared read cursor for competing consumers: next offset to hand out
+    /// plus one; `0` = not positioned yet.
     pub next: AtomicU64,
     /// Nacks recorded on this partition.
     pub nacks: AtomicU64,
     /// Messages routed to the dead-letter topic from this partition.
     pub dead_lettered: AtomicU64,
     _pad: [u64; 3],
+}
+
+impl MemberEntry {
+    /// A free entry (all zero), as in a fresh region. For heap-built tables
+    /// (the loom models); in production entries live in the mapping.
+    pub fn new() -> Self {
+        MemberEntry {
+            id: AtomicU64::new(0),
+            heartbeat_ns: AtomicU64::new(0),
+            pid: AtomicU32::new(0),
+            role: AtomicU32::new(0),
+            work_lo: AtomicU64::new(0),
+            work_hi: AtomicU64::new(0),
+            _pad1: [0; 3],
+        }
+    }
+}
+
+impl Default for MemberEntry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GroupPartition {
+    /// An unclaimed, never-committed line (all zero), as in a fresh region.
+    /// For heap-built tables (the loom models).
+    pub fn new() -> Self {
+        GroupPartition {
+            committed: AtomicU64::new(0),
+            owner: AtomicU64::new(0),
+            next: AtomicU64::new(0),
+            nacks: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl Default for GroupPartition {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Bytes one group occupies in the meta region.
@@ -319,6 +401,16 @@ mod asserts {
     const _: () = assert!(offset_of!(MetaHeader, region_len) == 0x58);
 
     const _: () = assert!(size_of::<GroupHeader>() == LINE);
+    const _: () = assert!(offset_of!(GroupHeader, stale_ms) == 0x0C);
+    const _: () = assert!(offset_of!(GroupHeader, last_active_ns) == 0x38);
+    const _: () = assert!(offset_of!(MemberEntry, heartbeat_ns) == 0x08);
+    const _: () = assert!(offset_of!(MemberEntry, pid) == 0x10);
+    const _: () = assert!(offset_of!(MemberEntry, role) == 0x14);
+    const _: () = assert!(offset_of!(MemberEntry, work_lo) == 0x18);
+    const _: () = assert!(offset_of!(MemberEntry, work_hi) == 0x20);
+    const _: () = assert!(offset_of!(GroupPartition, owner) == 0x08);
+    const _: () = assert!(offset_of!(GroupPartition, next) == 0x10);
+    const _: () = assert!(offset_of!(GroupPartition, dead_lettered) == 0x20);
     const _: () = assert!(size_of::<MemberEntry>() == LINE);
     const _: () = assert!(size_of::<GroupPartition>() == LINE);
     const _: () = assert!(SLOT_HEADER == 24);

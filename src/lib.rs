@@ -35,6 +35,7 @@
 
 mod sync;
 
+pub mod group_protocol;
 pub mod layout;
 pub mod lease;
 pub mod ring;
@@ -43,11 +44,17 @@ pub mod writer_lease;
 #[cfg(not(loom))]
 mod backpressure;
 #[cfg(not(loom))]
+mod competing;
+#[cfg(not(loom))]
 mod config;
 #[cfg(not(loom))]
 mod consumer;
 #[cfg(not(loom))]
+mod dlq;
+#[cfg(not(loom))]
 mod error;
+#[cfg(not(loom))]
+mod group;
 #[cfg(not(loom))]
 mod group_table;
 #[cfg(not(loom))]
@@ -78,11 +85,20 @@ mod wait;
 mod zero_copy;
 
 #[cfg(not(loom))]
+pub use competing::CompetingConsumer;
+#[cfg(not(loom))]
 pub use config::{Overflow, TopicConfig};
 #[cfg(not(loom))]
 pub use consumer::{Consumer, Delivered, Lagged, Polled, Record, SeekPolicy};
 #[cfg(not(loom))]
+pub use dlq::{
+    DeadLetter, DlqRouter, EnvelopeError, Nacked, Redeliver, DLQ_SUFFIX, ENVELOPE_HEADER,
+    ENVELOPE_MAGIC, ENVELOPE_OVERHEAD,
+};
+#[cfg(not(loom))]
 pub use error::{Error, RegionProblem, Result};
+#[cfg(not(loom))]
+pub use group::{ConsumerGroup, GroupConsumer, GroupOptions, DEFAULT_STALE_AFTER, MIN_STALE_AFTER};
 #[cfg(not(loom))]
 pub use offset::{MemOffsetStore, OffsetStore, ShmOffsetStore};
 #[cfg(not(loom))]

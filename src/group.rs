@@ -1,0 +1,685 @@
+//! Consumer groups: members registered in the topic's meta region claim
+//! partitions, so the processes of a group split a topic between them and
+//! take over the partitions of a member that dies or stalls.
+//!
+//! * [`ConsumerGroup`] is one membership: [`ConsumerGroup::join`] takes a
+//!   member entry (its id is this process's liveness token plus a
+//!   generation), [`ConsumerGroup::claim`] runs one claim pass (evict stale
+//!   members, take free or orphaned partitions up to the fair share, release
+//!   partitions above it), [`ConsumerGroup::heartbeat`],
+//!   [`ConsumerGroup::leave`] (also on drop) hands everything back at once.
+//! * [`GroupConsumer`] is a [`Consumer`] driven by a membership: every poll
+//!   heartbeats and re-claims at a fraction of the stale threshold, so its
+//!   assignment follows rebalances without user code; a newly claimed
+//!   partition starts at the group's committed offset.
+//!
+//! A member is *stale* when its process is dead (its kernel-held liveness
+//! token is free, noticed at the next claim pass of a peer) or when it has
+//! not heartbeaten for the group's stale threshold (a live but stuck
+//! process). Delivery is at-least-once: records a member processed but did
+//! not commit before losing a partition are delivered again to the next
+//! owner. The protocol itself is in `crate::group_protocol`.
+//!
+//! Capacities are fixed by the layout: [`crate::layout::GROUP_CAPACITY`]
+//! groups per topic ([`Error::GroupTableFull`]) and
+//! [`crate::layout::MEMBER_CAPACITY`] members per group
+//! ([`Error::MemberTableFull`]; entries of dead members are recycled).
+
+use std::time::{Duration, Instant};
+
+use crate::consumer::{Consumer, Cursor, Polled, Record, SeekPolicy};
+use crate::error::{Error, Result};
+use crate::group_protocol::{self as proto, Health, Me};
+use crate::group_table;
+use crate::os;
+use crate::region::GroupView;
+use crate::ring;
+use crate::sync::Ordering;
+use crate::token;
+use crate::topic::{Topic, TopicInner};
+
+/// Default stale threshold of a group.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(10);
+/// Smallest stale threshold accepted.
+pub const MIN_STALE_AFTER: Duration = Duration::from_millis(10);
+
+/// How a member takes part in its group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupOptions {
+    /// A member that has not heartbeaten for this long is stale and loses its
+    /// partitions. Stored in the group on first use; the group's value wins
+    /// over a later member's (so all members judge alike). Default 10 s.
+    pub stale_after: Duration,
+    /// How often a [`GroupConsumer`] (or competing consumer) heartbeats and
+    /// runs a claim pass; `None` (the default) = a quarter of the group's
+    /// stale threshold.
+    pub rebalance_every: Option<Duration>,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        GroupOptions {
+            stale_after: DEFAULT_STALE_AFTER,
+            rebalance_every: None,
+        }
+    }
+}
+
+impl GroupOptions {
+    /// Set the stale threshold.
+    pub fn stale_after(mut self, d: Duration) -> Self {
+        self.stale_after = d;
+        self
+    }
+    /// Set the heartbeat / claim interval.
+    pub fn rebalance_every(mut self, d: Duration) -> Self {
+        self.rebalance_every = Some(d);
+        self
+    }
+    fn validate(&self) -> Result<u32> {
+        if self.stale_after < MIN_STALE_AFTER || self.stale_after.as_millis() > u128::from(u32::MAX)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "stale_after = {:?}; must be between {MIN_STALE_AFTER:?} and {} ms",
+                self.stale_after,
+                u32::MAX
+            )));
+        }
+        if self.rebalance_every.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidConfig(
+                "rebalance_every must be positive".into(),
+            ));
+        }
+        Ok(self.stale_after.as_millis() as u32)
+    }
+}
+
+/// Liveness of tokens by kernel-held lock, memoised for one pass.
+pub(crate) fn token_judge(ns: &str, me: u32) -> impl FnMut(u32) -> bool + '_ {
+    let mut seen: Vec<(u32, bool)> = Vec::new();
+    move |t| {
+        if t == me {
+            return true;
+        }
+        if let Some(&(_, alive)) = seen.iter().find(|(x, _)| *x == t) {
+            return alive;
+        }
+        let alive = !token::probe(ns, t).is_dead();
+        seen.push((t, alive));
+        alive
+    }
+}
+
+/// A member entry of this process in group `g`: shared by [`ConsumerGroup`]
+/// and the competing consumer.
+pub(crate) struct Membership {
+    pub(crate) topic: Topic,
+    pub(crate) name: String,
+    pub(crate) g: u32,
+    pub(crate) index: usize,
+    pub(crate) id: u64,
+    pub(crate) role: u32,
+    pub(crate) stale_ns: u64,
+    pub(crate) every_ns: u64,
+    pub(crate) active: bool,
+    pub(crate) rejoins: u64,
+}
+
+impl Membership {
+    pub(crate) fn join(topic: &Topic, group: &str, opts: &GroupOptions, role: u32) -> Result<Self> {
+        let stale_ms = opts.validate()?;
+        let inner = &topic.inner;
+        if inner.reclaimed() {
+            return Err(inner.expired());
+        }
+        let g = group_table::find_or_create(inner, group)?;
+        let view = inner.group(g);
+        // First setter wins, so every member judges staleness alike.
+        let effective = match view.header.stale_ms.compare_exchange(
+            0,
+            stale_ms,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => stale_ms,
+            Err(0) => stale_ms,
+            Err(theirs) => theirs.max(MIN_STALE_AFTER.as_millis() as u32),
+        };
+        let stale_ns = u64::from(effective) * 1_000_000;
+        let every_ns = opts
+            .rebalance_every
+            .map_or(stale_ns / 4, |d| {
+                d.as_nanos().min(u128::from(u64::MAX)) as u64
+            })
+            .max(1_000_000);
+        let mut m = Membership {
+            topic: topic.clone(),
+            name: group.to_string(),
+            g,
+            index: 0,
+            id: 0,
+            role,
+            stale_ns,
+            every_ns,
+            active: false,
+            rejoins: 0,
+        };
+        m.take_entry()?;
+        Ok(m)
+    }
+
+    pub(crate) fn inner(&self) -> &TopicInner {
+        &self.topic.inner
+    }
+
+    pub(crate) fn view(&self) -> GroupView<'_> {
+        self.topic.inner.group(self.g)
+    }
+
+    fn take_entry(&mut self) -> Result<()> {
+        let inner = &self.topic.inner;
+        let view = inner.group(self.g);
+        let token = inner.token.id();
+        let mut joined = proto::join(view.members, token, os::pid(), self.role, os::now_ns());
+        if joined.is_none() {
+            // Recycle the entries of dead or stale members, then retry.
+            let now = os::now_ns();
+            let mut alive = token_judge(&inner.ns, token);
+            for m in view.members {
+                let (id, h) = proto::judge(m, now, self.stale_ns, &mut alive);
+                if h == Health::Stale && m.work_lo.load(Ordering::Acquire) == 0 {
+                    proto::evict(m, id);
+                }
+            }
+            joined = proto::join(view.members, token, os::pid(), self.role, os::now_ns());
+        }
+        let Some((index, id)) = joined else {
+            return Err(Error::MemberTableFull {
+                group: self.name.clone(),
+                capacity: view.members.len() as u32,
+            });
+        };
+        self.index = index;
+        self.id = id;
+        self.active = true;
+        self.touch(os::now_ns());
+        Ok(())
+    }
+
+    /// Mark the group alive (for backpressure) as of `now`.
+    pub(crate) fn touch(&self, now: u64) {
+        self.view()
+            .header
+            .last_active_ns
+            .fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn me(&self) -> Me {
+        Me {
+            index: self.index,
+            id: self.id,
+        }
+    }
+
+    /// Heartbeat; joins again (new id, no claims) if we were evicted.
+    /// Returns `true` if it had to join again.
+    pub(crate) fn heartbeat(&mut self) -> Result<bool> {
+        let inner = self.inner();
+        if inner.reclaimed() {
+            return Err(inner.expired());
+        }
+        let now = os::now_ns();
+        if !self.active {
+            self.take_entry()?;
+            return Ok(true);
+        }
+        if proto::heartbeat(&self.view().members[self.index], self.id, now) {
+            self.touch(now);
+            return Ok(false);
+        }
+        self.active = false;
+        self.rejoins += 1;
+        self.take_entry()?;
+        Ok(true)
+    }
+
+    pub(crate) fn leave(&mut self) {
+        if !self.active {
+            return;
+        }
+        self.active = false;
+        let view = self.view();
+        proto::leave(view.members, view.partitions, self.index, self.id);
+        self.touch(os::now_ns());
+    }
+}
+
+/// One membership of this process in a consumer group, claiming partitions.
+///
+/// # Examples
+/// ```no_run
+/// # let mgr = shmq::TopicManager::new()?;
+/// use shmq::{ConsumerGroup, GroupOptions};
+/// let topic = mgr.open_or_create("orders", shmq::TopicConfig::default())?;
+/// let mut member = ConsumerGroup::join(&topic, "billing", GroupOptions::default())?;
+/// let mine = member.claim()?; // e.g. [0, 1] while another process holds [2, 3]
+/// println!("processing partitions {mine:?}");
+/// member.leave();
+/// # Ok::<(), shmq::Error>(())
+/// ```
+pub struct ConsumerGroup {
+    m: Membership,
+    owned: Vec<u32>,
+    last_claim_ns: u64,
+}
+
+impl std::fmt::Debug for ConsumerGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerGroup")
+            .field("topic", &self.m.topic.name())
+            .field("group", &self.m.name)
+            .field("member", &self.m.index)
+            .field("id", &format_args!("{:016x}", self.m.id))
+            .field("owned", &self.owned)
+            .finish()
+    }
+}
+
+impl ConsumerGroup {
+    /// Join `group` on `topic` as a new member (creating the group if
+    /// needed). Claims nothing yet: call [`ConsumerGroup::claim`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::InvalidConfig`] for bad options,
+    /// [`Error::GroupTableFull`], [`Error::MemberTableFull`],
+    /// [`Error::LeaseExpired`].
+    pub fn join(topic: &Topic, group: &str, opts: GroupOptions) -> Result<ConsumerGroup> {
+        Ok(ConsumerGroup {
+            m: Membership::join(topic, group, &opts, 0)?,
+            owned: Vec::new(),
+            last_claim_ns: 0,
+        })
+    }
+
+    /// The group name.
+    pub fn name(&self) -> &str {
+        &self.m.name
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &Topic {
+        &self.m.topic
+    }
+
+    /// This member's id: `generation << 32 | liveness token`.
+    pub fn member_id(&self) -> u64 {
+        self.m.id
+    }
+
+    /// Index of this member's entry in the member table.
+    pub fn member_index(&self) -> u32 {
+        self.m.index as u32
+    }
+
+    /// The group's stale threshold (the first member's choice).
+    pub fn stale_after(&self) -> Duration {
+        Duration::from_nanos(self.m.stale_ns)
+    }
+
+    /// How often a [`GroupConsumer`] of this membership re-claims.
+    pub fn rebalance_every(&self) -> Duration {
+        Duration::from_nanos(self.m.every_ns)
+    }
+
+    /// Times this member found itself evicted (it had stalled past the stale
+    /// threshold) and joined again.
+    pub fn rejoins(&self) -> u64 {
+        self.m.rejoins
+    }
+
+    /// The partitions this member claimed at its last pass, ascending.
+    pub fn assignment(&self) -> &[u32] {
+        &self.owned
+    }
+
+    /// Whether this member still claims `partition` (one shared load).
+    pub fn owns(&self, partition: u32) -> bool {
+        self.m.active
+            && self
+                .m
+                .view()
+                .partitions
+                .get(partition as usize)
+                .is_some_and(|gp| proto::owns(gp, self.m.me().word()))
+    }
+
+    /// Record a heartbeat. If this member had been evicted as stale, it joins
+    /// again under a new id (and claims nothing until the next
+    /// [`ConsumerGroup::claim`]).
+    ///
+    /// # Errors
+    /// [`Error::LeaseExpired`], [`Error::MemberTableFull`] on a re-join.
+    pub fn heartbeat(&mut self) -> Result<()> {
+        if self.m.heartbeat()? {
+            self.owned.clear();
+        }
+        Ok(())
+    }
+
+    /// Heartbeat and run one claim pass: evict stale members, release
+    /// partitions above this member's fair share, take free or orphaned ones
+    /// up to it. Returns the partitions now claimed, ascending.
+    ///
+    /// # Errors
+    /// As [`ConsumerGroup::heartbeat`].
+    pub fn claim(&mut self) -> Result<Vec<u32>> {
+        Ok(self.claim_detailed()?.owned)
+    }
+
+    pub(crate) fn claim_detailed(&mut self) -> Result<proto::ClaimOutcome> {
+        self.heartbeat()?;
+        let mut rejoined = false;
+        loop {
+            let inner = &self.m.topic.inner;
+            let view = inner.group(self.m.g);
+            let now = os::now_ns();
+            let alive = token_judge(&inner.ns, inner.token.id());
+            match proto::claim_pass(
+                view.members,
+                view.partitions,
+                self.m.me(),
+                now,
+                self.m.stale_ns,
+                alive,
+            ) {
+                Ok(out) => {
+                    self.owned.clone_from(&out.owned);
+                    self.last_claim_ns = now;
+                    return Ok(out);
+                }
+                Err(proto::Evicted) if !rejoined => {
+                    rejoined = true;
+                    self.m.active = false;
+                    self.m.rejoins += 1;
+                    self.owned.clear();
+                    self.m.take_entry()?;
+                }
+                Err(proto::Evicted) => {
+                    self.owned.clear();
+                    return Ok(proto::ClaimOutcome::default());
+                }
+            }
+        }
+    }
+
+    /// Commit `next_offset` (the next offset to process) for `partition` if
+    /// this member still claims it; returns whether it did.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchPartition`].
+    pub fn commit(&self, partition: u32, next_offset: u64) -> Result<bool> {
+        self.m.topic.inner.partition(partition)?;
+        if !self.owns(partition) {
+            return Ok(false);
+        }
+        let view = self.m.view();
+        // SYNC POINT "commit" (and "handover": it precedes a release).
+        view.partitions[partition as usize]
+            .committed
+            .store(next_offset.saturating_add(1), Ordering::Release);
+        self.m.touch(os::now_ns());
+        Ok(true)
+    }
+
+    /// The group's committed offset on `partition` (next to process).
+    pub fn committed(&self, partition: u32) -> Option<u64> {
+        self.m
+            .view()
+            .partitions
+            .get(partition as usize)?
+            .committed
+            .load(Ordering::Acquire)
+            .checked_sub(1)
+    }
+
+    /// Leave the group: release every claimed partition and free the member
+    /// entry at once (peers take the partitions at their next pass). Also
+    /// done on drop.
+    pub fn leave(&mut self) {
+        self.m.leave();
+        self.owned.clear();
+    }
+
+    /// A consumer driven by this membership.
+    ///
+    /// # Errors
+    /// As [`Consumer::new`].
+    pub fn into_consumer(self) -> Result<GroupConsumer> {
+        GroupConsumer::from_group(self)
+    }
+}
+
+impl Drop for ConsumerGroup {
+    fn drop(&mut self) {
+        self.m.leave();
+    }
+}
+
+/// A [`Consumer`] whose assignment is the partitions its [`ConsumerGroup`]
+/// membership claims: every poll heartbeats and, every
+/// [`ConsumerGroup::rebalance_every`], runs a claim pass, keeps the position
+/// of partitions it still holds, drops lost ones and positions newly claimed
+/// ones at the group's committed offset (or the earliest retained record).
+///
+/// Keep the time between two polls below the group's stale threshold, or
+/// the member is judged stuck and its partitions move to its peers.
+///
+/// # Examples
+/// ```no_run
+/// # let mgr = shmq::TopicManager::new()?;
+/// use shmq::{GroupConsumer, GroupOptions};
+/// use std::time::Duration;
+/// let topic = mgr.open_or_create("orders", shmq::TopicConfig::default())?;
+/// let mut consumer = GroupConsumer::join(&topic, "billing", GroupOptions::default())?;
+/// loop {
+///     let batch = consumer.poll_timeout(100, Duration::from_millis(100))?;
+///     for record in &batch.records {
+///         println!("{}@{}", record.partition, record.offset);
+///     }
+///     consumer.commit()?; // only the partitions it still owns
+/// #   break;
+/// }
+/// # Ok::<(), shmq::Error>(())
+/// ```
+pub struct GroupConsumer {
+    group: ConsumerGroup,
+    consumer: Consumer,
+}
+
+impl std::fmt::Debug for GroupConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupConsumer")
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl GroupConsumer {
+    /// Join `group` on `topic` and claim this member's share at once.
+    ///
+    /// # Errors
+    /// As [`ConsumerGroup::join`].
+    pub fn join(topic: &Topic, group: &str, opts: GroupOptions) -> Result<GroupConsumer> {
+        ConsumerGroup::join(topic, group, opts)?.into_consumer()
+    }
+
+    fn from_group(group: ConsumerGroup) -> Result<GroupConsumer> {
+        let mut consumer = Consumer::new(group.topic(), group.name())?;
+        consumer.cursors.clear();
+        consumer.rr = 0;
+        let mut gc = GroupConsumer { group, consumer };
+        gc.rebalance()?;
+        Ok(gc)
+    }
+
+    /// The membership.
+    pub fn group(&self) -> &ConsumerGroup {
+        &self.group
+    }
+
+    /// The underlying consumer (read-only: its assignment belongs to the group).
+    pub fn consumer(&self) -> &Consumer {
+        &self.consumer
+    }
+
+    /// The partitions currently assigned, in polling order.
+    pub fn assignment(&self) -> Vec<u32> {
+        self.consumer.assignment()
+    }
+
+    /// The next offset this consumer reads on `partition`, if assigned.
+    pub fn position(&self, partition: u32) -> Option<u64> {
+        self.consumer.position(partition)
+    }
+
+    /// Offsets lost to lapping (overwrite topics) since creation.
+    pub fn missed(&self) -> u64 {
+        self.consumer.missed()
+    }
+
+    /// Run a claim pass now and update the assignment. Returns whether it
+    /// changed.
+    ///
+    /// # Errors
+    /// As [`ConsumerGroup::claim`].
+    pub fn rebalance(&mut self) -> Result<bool> {
+        let out = self.group.claim_detailed()?;
+        let inner = &self.group.m.topic.inner;
+        let view = inner.group(self.group.m.g);
+        let old = std::mem::take(&mut self.consumer.cursors);
+        let mut cursors = Vec::with_capacity(out.owned.len());
+        for &p in &out.owned {
+            let kept = old.iter().find(|c| c.partition == p).copied();
+            let c = match kept {
+                Some(c) if !out.taken.contains(&p) => c,
+                _ => {
+                    let part = inner.partition(p)?;
+                    let next = match view.partitions[p as usize]
+                        .committed
+                        .load(Ordering::Acquire)
+                        .checked_sub(1)
+                    {
+                        Some(o) => o,
+                        None => ring::earliest(part.header(), part.geo),
+                    };
+                    Cursor { partition: p, next }
+                }
+            };
+            cursors.push(c);
+        }
+        let changed = old.len() != cursors.len()
+            || old
+                .iter()
+                .zip(&cursors)
+                .any(|(a, b)| a.partition != b.partition);
+        if self.consumer.rr >= cursors.len() {
+            self.consumer.rr = 0;
+        }
+        self.consumer.cursors = cursors;
+        Ok(changed)
+    }
+
+    fn maintain(&mut self) -> Result<()> {
+        let now = os::now_ns();
+        if now.saturating_sub(self.group.last_claim_ns) >= self.group.m.every_ns
+            || !self.group.m.active
+        {
+            self.rebalance()?;
+        }
+        Ok(())
+    }
+
+    /// Heartbeat / rebalance if due, then read up to `max` records from the
+    /// claimed partitions without waiting.
+    ///
+    /// # Errors
+    /// [`Error::LeaseExpired`], [`Error::MemberTableFull`] on a re-join.
+    pub fn poll(&mut self, max: usize) -> Result<Polled> {
+        self.maintain()?;
+        self.consumer.poll(max)
+    }
+
+    /// Like [`GroupConsumer::poll`], waiting up to `timeout` for a record
+    /// (and keeping up heartbeats and rebalances while it waits).
+    ///
+    /// # Errors
+    /// As [`GroupConsumer::poll`].
+    pub fn poll_timeout(&mut self, max: usize, timeout: Duration) -> Result<Polled> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.maintain()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let slice = left.min(Duration::from_nanos(self.group.m.every_ns));
+            let got = self.consumer.poll_timeout(max, slice)?;
+            if !got.is_empty() || Instant::now() >= deadline {
+                return Ok(got);
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for the next record.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], and as [`GroupConsumer::poll`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Record> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut got = self.poll_timeout(1, left)?;
+            if let Some(r) = got.records.pop() {
+                return Ok(r);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+        }
+    }
+
+    /// Reposition one assigned partition (e.g. back to a record to redeliver).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchPartition`] if it is not assigned.
+    pub fn seek_partition(&mut self, partition: u32, policy: SeekPolicy) -> Result<()> {
+        self.consumer.seek_partition(partition, policy)
+    }
+
+    /// Commit the position of every assigned partition this member still
+    /// claims (a partition lost to a peer is skipped: its new owner commits).
+    ///
+    /// # Errors
+    /// [`Error::LeaseExpired`].
+    pub fn commit(&mut self) -> Result<()> {
+        if self.group.m.topic.inner.reclaimed() {
+            return Err(self.group.m.topic.inner.expired());
+        }
+        for i in 0..self.consumer.cursors.len() {
+            let c = self.consumer.cursors[i];
+            self.group.commit(c.partition, c.next)?;
+        }
+        Ok(())
+    }
+
+    /// Commit `next_offset` for one partition if this member still claims it;
+    /// returns whether it did.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchPartition`].
+    pub fn commit_offset(&mut self, partition: u32, next_offset: u64) -> Result<bool> {
+        self.group.commit(partition, next_offset)
+    }
+
+    /// Leave the group now (also on drop).
+    pub fn leave(mut self) {
+        self.group.leave();
+    }
+}
