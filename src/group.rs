@@ -52,7 +52,7 @@ pub struct GroupOptions {
     pub stale_after: Duration,
     /// How often a [`GroupConsumer`] (or competing consumer) heartbeats and
     /// runs a claim pass; `None` (the default) = a quarter of the group's
-    /// stale threshold.
+    /// stale threshold. Capped at half the threshold (at least 1 ms).
     pub rebalance_every: Option<Duration>,
 }
 
@@ -151,6 +151,7 @@ impl Membership {
             .map_or(stale_ns / 4, |d| {
                 d.as_nanos().min(u128::from(u64::MAX)) as u64
             })
+            .min(stale_ns / 2)
             .max(1_000_000);
         let mut m = Membership {
             topic: topic.clone(),
