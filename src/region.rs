@@ -141,8 +141,16 @@ impl Region {
         };
         let start = Instant::now();
         let waited = |start: Instant| start.elapsed().as_millis() as u64;
+        // Only a young object can still be in its creator's hands; an old one
+        // that is too short or has no magic is broken, and waiting for it
+        // would only slow down the supervisor and `delete`.
+        let young = |st: &os::Stat| {
+            os::now_ns().saturating_sub(st.ctime_ns) < ATTACH_WAIT.as_nanos() as u64
+        };
+        let mut last_stat: os::Stat;
         let map = loop {
             let st = fd.stat().map_err(|e| Error::from_os(e, 0))?;
+            last_stat = st;
             if st.size as usize >= min {
                 let size = usize::try_from(st.size).map_err(|_| {
                     bad(
@@ -155,7 +163,7 @@ impl Region {
                 })?;
                 break fd.map(size).map_err(|e| Error::from_os(e, size))?;
             }
-            if start.elapsed() > ATTACH_WAIT {
+            if start.elapsed() > ATTACH_WAIT || !young(&st) {
                 return Err(bad(
                     name,
                     if st.size == 0 {
@@ -185,7 +193,7 @@ impl Region {
             if magic != 0 {
                 return Err(bad(name, RegionProblem::BadMagic { found: magic }));
             }
-            if start.elapsed() > ATTACH_WAIT {
+            if start.elapsed() > ATTACH_WAIT || !young(&last_stat) {
                 return Err(bad(
                     name,
                     RegionProblem::NotInitialised {
