@@ -11,7 +11,8 @@
 //! (never written), `2o + 1` (offset `o` being written) or `2o + 2` (holds
 //! offset `o`).
 //!
-//! Writer, for offset `o` (see [`Writer::publish`]):
+//! Writer, for offset `o` (see [`Writer::write_slot`], or [`Writer::claim`]
+//! and [`Writer::publish_claimed`] for in-place writes):
 //! 1. **claim**: CAS `seq` from the previous occupant's value to `2o + 1`
 //!    (`AcqRel`). Losing the CAS means another writer took this partition
 //!    over: the write is rejected with [`WriteError::Fenced`], nothing copied.
@@ -157,6 +158,14 @@ fn lapped(hdr: &PartitionHeader, geo: Geometry, offset: u64) -> ReadOutcome {
     // counts it, so the total missed stays exact without skipping a record
     // that is still intact.
     let cursor = hdr.cursor.load(Ordering::Acquire);
+    if cursor <= offset {
+        // No sign the writer got past `offset`: either a batch larger than
+        // the ring whose cursor update is still to come, or a scribbled
+        // sequence word. Either way, wait: the writer's next pass over this
+        // slot (or its cursor update) settles it; skipping ahead here would
+        // move the reader past the write cursor.
+        return ReadOutcome::NotYet;
+    }
     let resume = cursor
         .saturating_sub(geo.slots)
         .max(offset.saturating_add(1));
@@ -279,42 +288,9 @@ impl Writer {
         key: Option<&[u8]>,
         value: &[u8],
     ) -> Result<u64, WriteError> {
-        let geo = mem.geometry();
-        let offset = self.next;
-        let seq = mem.seq(offset & geo.mask());
-        let mut expected = if offset >= geo.slots {
-            holds(offset - geo.slots)
-        } else {
-            0
-        };
-        // Claim: the previous occupant's value -> "writing offset".
-        loop {
-            match seq.compare_exchange(
-                expected,
-                writing(offset),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                // An older value than we assumed (a repaired or never-used
-                // slot after a takeover): still ours to claim.
-                Err(actual) if actual < writing(offset) && actual % 2 == 0 => expected = actual,
-                // Someone else claimed or published this offset or a later
-                // one: we were taken over.
-                Err(_) => {
-                    return Err(WriteError::Fenced {
-                        current: hdr.writer.load(Ordering::Acquire),
-                    });
-                }
-            }
-        }
-        // SYNC POINT "writing mark": orders the odd mark before the body.
-        fence(Ordering::Release);
-        mem.write_body(offset & geo.mask(), timestamp_ns, key, value);
-        // SYNC POINT "slot published": pairs with the reader's Acquire load.
-        seq.store(holds(offset), PUBLISH);
-        self.next = offset + 1;
-        Ok(offset)
+        let claim = self.claim(hdr, mem)?;
+        mem.write_body(claim.offset & mem.geometry().mask(), timestamp_ns, key, value);
+        Ok(self.publish_claimed(mem, claim))
     }
 
     /// Publish the cursor after one or more [`Writer::write_slot`]s. Returns
@@ -436,6 +412,7 @@ impl Writer {
     /// the claim CAS and the "writing mark" fence). The caller writes the
     /// body through the slot memory, then publishes or abandons the claim.
     /// Until then this writer must not write another slot.
+    #[inline]
     pub fn claim<S: SlotMemory + ?Sized>(
         &mut self,
         hdr: &PartitionHeader,
@@ -457,12 +434,21 @@ impl Writer {
                 Ordering::Acquire,
             ) {
                 Ok(_) => break,
-                // As in `write_slot`: an older even value is still ours.
+                // An older value than we assumed (a repaired, abandoned or
+                // never-used slot after a takeover): still ours to claim.
                 Err(actual) if actual < writing(offset) && actual % 2 == 0 => expected = actual,
-                Err(_) => {
-                    return Err(WriteError::Fenced {
-                        current: hdr.writer.load(Ordering::Acquire),
-                    });
+                Err(actual) => {
+                    // Someone claimed or published this offset or a later one.
+                    // A successor changes the writer word *before* claiming
+                    // slots, and our failed CAS read its claim with Acquire,
+                    // so if the word is still ours no successor exists: the
+                    // value was scribbled by a buggy peer. Take the slot back
+                    // instead of jamming the partition forever.
+                    let current = hdr.writer.load(Ordering::Acquire);
+                    if current != self.me {
+                        return Err(WriteError::Fenced { current });
+                    }
+                    expected = actual;
                 }
             }
         }
@@ -474,6 +460,7 @@ impl Writer {
     /// Publish a slot filled in place (step 4): readers may now read it.
     /// Like [`Writer::write_slot`], this does not advance the shared cursor;
     /// call [`Writer::commit`] afterwards.
+    #[inline]
     pub fn publish_claimed<S: SlotMemory + ?Sized>(&mut self, mem: &S, claim: Claimed) -> u64 {
         let offset = claim.offset;
         debug_assert_eq!(offset, self.next, "one claim at a time");

@@ -482,3 +482,53 @@ fn scribbled_slot_lengths_are_skipped_as_corrupt() {
     }
     guard.finish();
 }
+
+#[test]
+fn scribbled_sequence_words_neither_jam_the_writer_nor_move_readers_ahead() {
+    const SLOT: usize = 64;
+    let guard = ShmGuard::new("seqw");
+    let ns = guard.ns().to_string();
+    {
+        let mgr = guard.manager();
+        let topic = mgr
+            .create(
+                "t",
+                TopicConfig::default().partitions(1).slots(4).slot_size(64),
+            )
+            .unwrap();
+        let mut producer = Producer::new(&topic).unwrap();
+        for seq in 0..2 {
+            producer.send(&payload(seq, SLOT)).unwrap();
+        }
+        let region = part(&ns, "t", 0);
+        let stride = layout::stride(SLOT as u64);
+        let slot = |i: u64| PARTITION_HEADER as u64 + i * stride;
+        // A peer writes "holds a far future offset" into the next two slots'
+        // sequence words (one even, one odd = "being written").
+        scribble(&region, slot(2), &u64::MAX.to_le_bytes());
+        scribble(&region, slot(3), &(u64::MAX - 2).to_le_bytes());
+
+        // A reader waiting at offset 2 is not moved past the write cursor.
+        let mut consumer = Consumer::new(&topic, "g").unwrap();
+        let got = consumer.poll(100).unwrap();
+        assert_eq!(got.records.len(), 2);
+        assert!(got.lagged.is_empty(), "{:?}", got.lagged);
+        assert_eq!(consumer.position(0), Some(2));
+
+        // The writer still holds its lease, so it takes the slots back
+        // instead of reporting itself fenced.
+        for seq in 2..6 {
+            let sent = producer.send(&payload(seq, SLOT)).unwrap();
+            assert_eq!(sent.offset, seq);
+        }
+        let got = consumer.poll(100).unwrap();
+        let seqs: Vec<u64> = got
+            .records
+            .iter()
+            .map(|r| check_payload(&r.value, SLOT))
+            .collect();
+        assert_eq!(seqs, vec![2, 3, 4, 5]);
+        assert_eq!((got.corrupt, got.lagged.len()), (0, 0));
+    }
+    guard.finish();
+}
