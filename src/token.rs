@@ -126,9 +126,16 @@ pub fn probe(ns: &str, id: u32) -> Liveness {
     let mut buf = [0u8; 8];
     let pid = match fd.read_at0(&mut buf) {
         Ok(8) => u64::from_le_bytes(buf) as u32,
-        // The owner writes its pid only after taking the lock: an empty file
-        // is a token being created, not a dead one.
-        _ => return Liveness::Alive { pid: 0 },
+        // The owner writes its pid only after taking the lock: a young empty
+        // file is a token being created, not a dead one. One that stayed
+        // empty for seconds belongs to a process that died creating it.
+        _ => {
+            let young = fd
+                .stat()
+                .map(|st| os::now_ns().saturating_sub(st.ctime_ns) < 5_000_000_000)
+                .unwrap_or(true);
+            return if young { Liveness::Alive { pid: 0 } } else { Liveness::Dead { pid: 0 } };
+        }
     };
     match fd.try_lock() {
         Ok(Some(_lock)) => Liveness::Dead { pid },
