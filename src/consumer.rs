@@ -141,10 +141,19 @@ impl Consumer {
     /// # Errors
     /// [`Error::InvalidName`] for a bad group name, [`Error::GroupTableFull`].
     pub fn new(topic: &Topic, group: &str) -> Result<Consumer> {
-        Self::with_store(topic, group, Box::new(ShmOffsetStore))
+        // Register the group so that backpressure and `info` see it at once.
+        let index = group_table::find_or_create(&topic.inner, group)?;
+        let mut c = Self::with_store(topic, group, Box::new(ShmOffsetStore))?;
+        c.group_index = Some(index);
+        Ok(c)
     }
 
-    /// Like [`Consumer::new`] with a chosen offset store.
+    /// Like [`Consumer::new`] with a chosen offset store. Such a consumer is
+    /// *not* registered in the topic's shared group table: its commits are
+    /// invisible to other processes, so a backpressure writer does not wait
+    /// for it and `shmq info` does not list it. (With [`ShmOffsetStore`] it
+    /// still reads and writes the group's shared committed offsets; use
+    /// [`Consumer::new`] to also register as a live group.)
     ///
     /// # Errors
     /// As [`Consumer::new`].
@@ -153,8 +162,7 @@ impl Consumer {
         if topic.inner.reclaimed() {
             return Err(topic.inner.expired());
         }
-        // Register the group so that backpressure and `info` see it at once.
-        let group_index = Some(group_table::find_or_create(&topic.inner, group)?);
+        let group_index = None;
         let mut c = Consumer {
             topic: topic.clone(),
             group: group.to_string(),

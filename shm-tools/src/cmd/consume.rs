@@ -137,7 +137,13 @@ fn report_loss(p: &Polled) {
 pub fn run(ns: &str, args: ConsumeArgs) -> CliResult {
     let mgr = TopicManager::with_namespace(ns)?;
     let topic = mgr.open(&args.topic)?;
-    let mut consumer = Consumer::new(&topic, &args.group)?;
+    // Only a committing consumer registers its group in shared memory: a
+    // read-only look must not make a backpressure writer wait for it.
+    let mut consumer = if args.commit {
+        Consumer::new(&topic, &args.group)?
+    } else {
+        Consumer::with_store(&topic, &args.group, Box::new(shmq::ShmOffsetStore))?
+    };
     if !args.partition.is_empty() {
         consumer.assign(&args.partition)?;
     }
