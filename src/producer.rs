@@ -349,7 +349,7 @@ impl Producer {
         }
         let offset = o
             .writer
-            .write_slot(hdr, &slots, os::now_ns(), key, value)
+            .write_slot(hdr, &slots, os::realtime_ns(), key, value)
             .map_err(|e| self_map(inner, o.partition, e))?;
         if o.writer.commit(hdr) {
             wait::wake_all(inner.meta.meta_header());
@@ -373,7 +373,7 @@ impl Producer {
             .check(hdr, &slots)
             .map_err(|e| self_map(inner, o.partition, e))?;
         let first_offset = o.writer.next_offset();
-        let now = os::now_ns();
+        let now = os::realtime_ns();
         let mut result = Ok(());
         for v in values {
             if self.backpressure && o.writer.next_offset() >= o.limit {

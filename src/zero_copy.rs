@@ -249,7 +249,7 @@ impl Producer {
             .writer
             .claim(hdr, &slots)
             .map_err(|e| write_error(inner, partition, e))?;
-        let timestamp_ns = os::now_ns();
+        let timestamp_ns = os::realtime_ns();
         slots.begin_loan(claim.offset() & part.geo.mask(), timestamp_ns, len);
         Ok(Loan {
             producer: self,
