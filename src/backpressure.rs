@@ -40,36 +40,30 @@ use crate::topic::TopicInner;
 /// How often a waiting writer re-evaluates which groups hold it back.
 const RECHECK: Duration = Duration::from_millis(5);
 
-/// The groups that hold the writer back at `now_ns`.
-fn holding_groups(inner: &TopicInner, now_ns: u64) -> Vec<u32> {
+/// The groups that hold the writer back at `now_ns` (lazily: no allocation,
+/// so refreshing the cached limit keeps `send` allocation-free).
+fn holding_groups(inner: &TopicInner, now_ns: u64) -> impl Iterator<Item = u32> + '_ {
     let dead_after = inner.config.dead_group_timeout.as_nanos() as u64;
     let me = inner.token.id();
-    let mut out = Vec::new();
-    for g in 0..inner.meta_geo.group_cap {
+    (0..inner.meta_geo.group_cap).filter(move |&g| {
         let view = inner.group(g);
         if view.header.state.load(Ordering::Acquire) != group_state::READY {
-            continue;
+            return false;
         }
         let active = view.header.last_active_ns.load(Ordering::Relaxed);
         let recent = now_ns.saturating_sub(active) <= dead_after;
-        let holds = recent
+        recent
             || view.members.iter().any(|m| {
                 let t = proto::token_of(m.id.load(Ordering::Acquire));
                 t != 0 && (t == me || !token::probe(&inner.ns, t).is_dead())
-            });
-        if holds {
-            out.push(g);
-        }
-    }
-    out
+            })
+    })
 }
 
 /// The first offset partition `p` may not write yet, given the holding
 /// groups, capped at one ring beyond `next`.
-fn limit_for(inner: &TopicInner, p: u32, groups: &[u32], next: u64) -> u64 {
-    let floors = groups
-        .iter()
-        .map(|&g| proto::committed_floor(&inner.group(g).partitions[p as usize]));
+fn limit_for(inner: &TopicInner, p: u32, groups: impl Iterator<Item = u32>, next: u64) -> u64 {
+    let floors = groups.map(|g| proto::committed_floor(&inner.group(g).partitions[p as usize]));
     proto::write_limit(floors, inner.config.slots).min(next.saturating_add(inner.config.slots))
 }
 
@@ -86,13 +80,19 @@ pub(crate) fn wait_for_room(
     next: u64,
     timeout: Option<Duration>,
 ) -> Result<u64> {
+    // The common case, a refresh of the cached limit with room ahead,
+    // allocates nothing; only a writer that must wait keeps a list.
+    let lim = limit_for(inner, p, holding_groups(inner, os::now_ns()), next);
+    if next < lim {
+        return Ok(lim);
+    }
     let start = Instant::now();
     let deadline = timeout.map(|t| start + t);
-    let mut holders = holding_groups(inner, os::now_ns());
+    let mut holders: Vec<u32> = holding_groups(inner, os::now_ns()).collect();
     let mut holders_at = start;
     let mut round = 0u32;
     loop {
-        let lim = limit_for(inner, p, &holders, next);
+        let lim = limit_for(inner, p, holders.iter().copied(), next);
         if next < lim {
             return Ok(lim);
         }
@@ -108,7 +108,8 @@ pub(crate) fn wait_for_room(
             return Err(inner.expired());
         }
         if now.duration_since(holders_at) >= RECHECK {
-            holders = holding_groups(inner, os::now_ns());
+            holders.clear();
+            holders.extend(holding_groups(inner, os::now_ns()));
             holders_at = now;
         }
         round = round.saturating_add(1);
