@@ -115,40 +115,23 @@ fn holds(offset: u64) -> u64 {
     offset.wrapping_mul(2).wrapping_add(2)
 }
 
-/// Read offset `offset` of the ring into `out`.
+/// Read offset `offset` of the ring into `out`: the seqlock read of
+/// [`read_with`] with the body copied out.
+#[inline]
 pub fn read<S: SlotMemory + ?Sized>(
     hdr: &PartitionHeader,
     mem: &S,
     offset: u64,
     out: &mut RecordBuf,
 ) -> ReadOutcome {
-    if offset >= MAX_OFFSET {
-        return ReadOutcome::NotYet;
+    match read_with(hdr, mem, offset, |index| mem.read_body(index, out).then_some(())) {
+        ReadWith::Record { intact: true, .. } => ReadOutcome::Record,
+        // Overwritten during the copy: the copy is discarded.
+        ReadWith::Record { intact: false, .. } => lapped(hdr, mem.geometry(), offset),
+        ReadWith::NotYet => ReadOutcome::NotYet,
+        ReadWith::Lapped { missed, resume } => ReadOutcome::Lapped { missed, resume },
+        ReadWith::Corrupt => ReadOutcome::Corrupt,
     }
-    let geo = mem.geometry();
-    let index = offset & geo.mask();
-    let seq = mem.seq(index);
-    let want = holds(offset);
-    // SYNC POINT "slot published": pairs with the writer's PUBLISH store.
-    let s1 = seq.load(Ordering::Acquire);
-    if s1 < want {
-        return ReadOutcome::NotYet;
-    }
-    if s1 == want {
-        let ok = mem.read_body(index, out);
-        // SYNC POINT "writing mark": pairs with the writer's fence(Release)
-        // after its claim; if we saw any byte of a newer body, we see its mark.
-        fence(Ordering::Acquire);
-        let s2 = seq.load(Ordering::Relaxed);
-        if s2 == want {
-            return if ok {
-                ReadOutcome::Record
-            } else {
-                ReadOutcome::Corrupt
-            };
-        }
-    }
-    lapped(hdr, geo, offset)
 }
 
 fn lapped(hdr: &PartitionHeader, geo: Geometry, offset: u64) -> ReadOutcome {
@@ -354,6 +337,7 @@ pub enum ReadWith<T> {
 /// slot index (the closure borrows the body where it lies and returns `None`
 /// if the stored lengths are out of bounds), then re-validate the sequence
 /// word. The same seqlock as [`read`], with the copy replaced by `view`.
+#[inline]
 pub fn read_with<S: SlotMemory + ?Sized, T>(
     hdr: &PartitionHeader,
     mem: &S,
