@@ -47,7 +47,7 @@ impl Cpus {
     /// How the processes are placed, for the report.
     pub fn describe(&self) -> String {
         match (self.parent, self.child) {
-            (Some(p), Some(c)) => format!("pinned: parent on CPU {p}, child on CPU {c}"),
+            (Some(p), Some(c)) => format!("parent pinned to CPU {p}, child to CPU {c}"),
             _ => "not pinned (fewer than two CPUs allowed, or --no-pin)".to_string(),
         }
     }

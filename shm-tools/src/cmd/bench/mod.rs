@@ -299,11 +299,17 @@ impl<'a> Bench<'a> {
             let unix = floors::unix_pingpong(&ns, cpus, size, w, n)?;
             self.step(run, &format!("latency: shmq parked (futex), {size} B"));
             let park = queue::latency(&self.mgr, cpus, Wait::Park, size, w, n)?;
+            self.step(
+                run,
+                &format!("latency: shmq backoff (spin, yield, park), {size} B"),
+            );
+            let backoff = queue::latency(&self.mgr, cpus, Wait::Backoff, size, w, n)?;
             lat(f, "raw", &raw);
             lat(f, "busy", &busy);
             lat(f, "pipe", &pipe);
             lat(f, "unix", &unix);
             lat(f, "park", &park);
+            lat(f, "backoff", &backoff);
             f.insert("ratio.busy_p50".into(), busy.p50 / raw.p50);
             f.insert("ratio.busy_p999".into(), busy.p999 / raw.p999);
             f.insert("ratio.park_p50".into(), park.p50 / pipe.p50);
@@ -312,6 +318,7 @@ impl<'a> Bench<'a> {
             keep("pipe ping-pong (floor)", &pipe);
             keep("Unix socket ping-pong (floor)", &unix);
             keep("shmq parked (futex)", &park);
+            keep("shmq backoff (default strategy)", &backoff);
         }
         if self.wants(Mode::Throughput) {
             let n = self.n(10_000_000);
@@ -470,7 +477,6 @@ impl Summary {
         serde_json::json!({
             "runs": self.runs,
             "latency_size": args.size,
-            "cpus": shmq::os::allowed_cpus().len(),
             "placement": placement,
             "scale": args.scale,
         })
@@ -578,10 +584,9 @@ impl Summary {
         use std::fmt::Write as _;
         let mut s = String::new();
         let g = |k: &str| self.get(k);
-        let cpus = shmq::os::allowed_cpus().len();
         let _ = writeln!(
             s,
-            "shmq bench: two processes, {cpus} CPUs allowed, {placement}; {} run(s), median of each figure\n",
+            "shmq bench: two processes, {placement}; {} run(s), median of each figure\n",
             self.runs
         );
         if g("lat.raw.p50").is_some() {
@@ -629,6 +634,12 @@ impl Summary {
                     "{:.2}x p50 of pipe",
                     g("ratio.park_p50").unwrap_or(f64::NAN)
                 ),
+            );
+            row(
+                &mut s,
+                "shmq backoff (spin, yield, park)",
+                "backoff",
+                String::new(),
             );
             s.push('\n');
         }

@@ -39,6 +39,9 @@ pub enum Wait {
     Busy,
     /// `recv_into` with [`WaitStrategy::Park`]: sleep on the futex.
     Park,
+    /// `recv_into` with [`WaitStrategy::Backoff`] (the default): spin, then
+    /// yield, then park.
+    Backoff,
 }
 
 impl Wait {
@@ -46,6 +49,15 @@ impl Wait {
         match self {
             Wait::Busy => "busy",
             Wait::Park => "park",
+            Wait::Backoff => "backoff",
+        }
+    }
+
+    fn strategy(self) -> WaitStrategy {
+        match self {
+            Wait::Busy => WaitStrategy::BusySpin,
+            Wait::Park => WaitStrategy::Park,
+            Wait::Backoff => WaitStrategy::Backoff,
         }
     }
 }
@@ -63,7 +75,7 @@ pub fn latency(
     let pong = topic(mgr, "lat-pong", 256, size, Overflow::Overwrite)?;
     let total = warmup + count;
     let mut producer = Producer::new(&ping)?;
-    let mut consumer = Consumer::new(&pong, GROUP)?.with_wait_strategy(WaitStrategy::Park);
+    let mut consumer = Consumer::new(&pong, GROUP)?.with_wait_strategy(wait.strategy());
     consumer.seek(SeekPolicy::Latest)?;
     let mut kid = Kid::spawn(
         mgr.namespace(),
@@ -93,7 +105,7 @@ pub fn latency(
                 }
                 std::hint::spin_loop();
             },
-            Wait::Park => {
+            Wait::Park | Wait::Backoff => {
                 consumer.recv_into(&mut buf, Some(Duration::from_secs(10)))?;
             }
         }
@@ -118,10 +130,15 @@ pub fn echo(ns: &str, args: &ChildArgs) -> CliResult {
     let mgr = TopicManager::with_namespace(ns)?;
     let ping = mgr.open("lat-ping")?;
     let pong = mgr.open("lat-pong")?;
-    let mut consumer = Consumer::new(&ping, GROUP)?.with_wait_strategy(WaitStrategy::Park);
+    let wait = match args.wait.as_deref() {
+        Some("park") => Wait::Park,
+        Some("backoff") => Wait::Backoff,
+        _ => Wait::Busy,
+    };
+    let mut consumer = Consumer::new(&ping, GROUP)?.with_wait_strategy(wait.strategy());
     consumer.seek(SeekPolicy::Latest)?;
     let mut producer = Producer::new(&pong)?;
-    let park = args.wait.as_deref() == Some("park");
+    let park = wait != Wait::Busy;
     let mut buf = RecordBuf::default();
     report("ready")?;
     for _ in 0..args.count {
