@@ -45,6 +45,8 @@ pub fn latency_svg(path: &Path, title: &str, series: &[(&str, &Latency)]) -> Cli
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("round trip (ns)")
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
         .x_labels(cap.ceil() as usize + 1)
         .x_label_formatter(&|x| {
             let p = 100.0 * (1.0 - 10f64.powf(-x));
@@ -79,6 +81,7 @@ pub fn latency_svg(path: &Path, title: &str, series: &[(&str, &Latency)]) -> Cli
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
+        .label_font(("sans-serif", 14))
         .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
