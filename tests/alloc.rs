@@ -92,6 +92,24 @@ impl Fixture {
     }
 }
 
+impl Drop for Fixture {
+    /// A failed test still removes what it created (without asserting).
+    fn drop(&mut self) {
+        if self.mgr.take().is_some() {
+            let prefix = format!("shmq.{}.", self.ns);
+            for f in std::fs::read_dir("/dev/shm")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if f.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn the_counter_sees_allocations() {
     let fx = Fixture::new("ctl");

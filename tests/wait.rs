@@ -76,6 +76,19 @@ fn cleanup(ns: &str, mgr: TopicManager) {
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }
 
+/// Removes whatever a test's namespace still holds when the test ends, so a
+/// failing test leaves nothing in `/dev/shm` (a passing one has already
+/// asserted, in `cleanup`, that nothing is left).
+struct NsGuard(String);
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        for f in shm_files(&self.0) {
+            let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
+        }
+    }
+}
+
 fn config() -> TopicConfig {
     TopicConfig::default().partitions(1).slots(64).slot_size(64)
 }
@@ -263,6 +276,7 @@ fn child_process() {
 #[test]
 fn a_parked_consumer_is_woken_by_the_next_publish_of_another_process() {
     let ns = unique_ns("park");
+    let _guard = NsGuard(ns.clone());
     let mgr = TopicManager::with_namespace(&ns).unwrap();
     let topic = mgr.create("t", config()).unwrap();
     let mut p = Producer::new(&topic).unwrap();
@@ -338,6 +352,7 @@ fn a_parked_consumer_is_woken_by_the_next_publish_of_another_process() {
 #[test]
 fn a_send_with_no_parked_reader_makes_no_system_call() {
     let ns = unique_ns("strict");
+    let _guard = NsGuard(ns.clone());
     let mgr = TopicManager::with_namespace(&ns).unwrap();
     let topic = mgr.create("t", config()).unwrap();
     // A reader that polls without parking: it must not cause wake-ups.
@@ -364,6 +379,7 @@ fn a_send_with_no_parked_reader_makes_no_system_call() {
 #[test]
 fn every_strategy_receives_from_another_process() {
     let ns = unique_ns("strat");
+    let _guard = NsGuard(ns.clone());
     let mgr = TopicManager::with_namespace(&ns).unwrap();
     let topic = mgr.create("t", config()).unwrap();
     let mut kid = Kid::spawn("producer", &ns);
@@ -397,6 +413,7 @@ fn every_strategy_receives_from_another_process() {
 #[test]
 fn recv_timeout_honours_its_deadline_with_every_strategy() {
     let ns = unique_ns("dl");
+    let _guard = NsGuard(ns.clone());
     let mgr = TopicManager::with_namespace(&ns).unwrap();
     let topic = mgr.create("t", config()).unwrap();
     let timeout = Duration::from_millis(150);

@@ -42,6 +42,24 @@ impl Fx {
     }
 }
 
+impl Drop for Fx {
+    /// A failed test still removes what it created (without asserting).
+    fn drop(&mut self) {
+        if self.mgr.take().is_some() {
+            let prefix = format!("shmq.{}.", self.ns);
+            for f in std::fs::read_dir("/dev/shm")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if f.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn poll_with_sees_the_record_in_place_with_its_key() {
     let fx = Fx::new("view");
