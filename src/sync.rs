@@ -15,7 +15,24 @@
 pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// A memory fence: loom's under `cfg(loom)`.
+///
+/// Under `--cfg loom_mutant_fence` (loom only) an `Acquire` fence does
+/// nothing. The only one is the ring reader's fence between its copy and its
+/// re-check of `seq` (`ring::read_with`); the loom suite must catch its loss
+/// (see `loom-tests/README.md`). A plain re-export would do otherwise; this
+/// wrapper exists only to host that mutant.
+#[cfg(loom)]
+#[inline]
+#[allow(unexpected_cfgs)] // `loom_mutant_fence` exists only for the loom suite.
+pub(crate) fn fence(order: Ordering) {
+    if cfg!(loom_mutant_fence) && order == Ordering::Acquire {
+        return;
+    }
+    loom::sync::atomic::fence(order);
+}
 
 /// Hint to the CPU that we are spinning (a `pause` on x86).
 #[inline]
