@@ -34,7 +34,7 @@
 //! intact. A torn record is never returned.
 
 use crate::layout::{Geometry, PartitionHeader, RECLAIMED};
-use crate::sync::{fence, AtomicU64, Ordering, PUBLISH};
+use crate::sync::{fence, spin_hint, AtomicU64, Ordering, PUBLISH};
 
 /// Where a ring's slots live.
 ///
@@ -104,6 +104,11 @@ pub enum ReadOutcome {
 /// per nanosecond). Bounding them keeps `2o + 2` from wrapping, whatever a
 /// caller seeks to or a scribbled cursor says.
 pub const MAX_OFFSET: u64 = 1 << 62;
+
+/// How many spins a writer waits for a fenced predecessor that is still
+/// copying its last record into the slot the writer wants (see
+/// [`Writer::claim`]) before it declares the slot abandoned.
+const LATE_WRITE_WAIT: u32 = 1 << 16;
 
 #[inline]
 fn writing(offset: u64) -> u64 {
@@ -403,13 +408,14 @@ impl Writer {
         mem: &S,
     ) -> Result<Claimed, WriteError> {
         let geo = mem.geometry();
-        let offset = self.next;
-        let seq = mem.seq(offset & geo.mask());
+        let mut offset = self.next;
+        let mut seq = mem.seq(offset & geo.mask());
         let mut expected = if offset >= geo.slots {
             holds(offset - geo.slots)
         } else {
             0
         };
+        let mut waited = 0u32;
         loop {
             match seq.compare_exchange(
                 expected,
@@ -424,14 +430,37 @@ impl Writer {
                 Err(actual) => {
                     // Someone claimed or published this offset or a later one.
                     // A successor changes the writer word *before* claiming
-                    // slots, and our failed CAS read its claim with Acquire,
-                    // so if the word is still ours no successor exists: the
-                    // value was scribbled by a buggy peer. Take the slot back
-                    // instead of jamming the partition forever.
+                    // slots and our failed CAS read its claim with Acquire, so
+                    // a word that is no longer ours means we were taken over.
                     let current = hdr.writer.load(Ordering::Acquire);
                     if current != self.me {
                         return Err(WriteError::Fenced { current });
                     }
+                    if actual == holds(offset) {
+                        // A predecessor we fenced finished one last write of
+                        // this very offset (it passed its check before our
+                        // takeover): that record is whole and stays; ours
+                        // takes the next offset.
+                        offset += 1;
+                        self.next = offset;
+                        seq = mem.seq(offset & geo.mask());
+                        expected = if offset >= geo.slots {
+                            holds(offset - geo.slots)
+                        } else {
+                            0
+                        };
+                        continue;
+                    }
+                    if actual == writing(offset) && waited < LATE_WRITE_WAIT {
+                        // That predecessor is still copying it: let it finish.
+                        waited += 1;
+                        spin_hint();
+                        continue;
+                    }
+                    // Anything else cannot come from a fenced writer of this
+                    // offset: a buggy peer scribbled the word, or a writer
+                    // died mid-copy long ago. Take the slot back instead of
+                    // jamming the partition forever.
                     expected = actual;
                 }
             }
