@@ -129,7 +129,9 @@ pub fn read<S: SlotMemory + ?Sized>(
     offset: u64,
     out: &mut RecordBuf,
 ) -> ReadOutcome {
-    match read_with(hdr, mem, offset, |index| mem.read_body(index, out).then_some(())) {
+    match read_with(hdr, mem, offset, |index| {
+        mem.read_body(index, out).then_some(())
+    }) {
         ReadWith::Record { intact: true, .. } => ReadOutcome::Record,
         // Overwritten during the copy: the copy is discarded.
         ReadWith::Record { intact: false, .. } => lapped(hdr, mem.geometry(), offset),
@@ -199,7 +201,10 @@ impl Writer {
         let geo = mem.geometry();
         // A scribbled cursor is clamped; the loop below advances at most
         // `slots` times (a run of published slots cannot be longer).
-        let mut next = hdr.cursor.load(Ordering::Acquire).min(MAX_OFFSET - geo.slots - 1);
+        let mut next = hdr
+            .cursor
+            .load(Ordering::Acquire)
+            .min(MAX_OFFSET - geo.slots - 1);
         let mut tries = 0u32;
         loop {
             let seq = mem.seq(next & geo.mask());
@@ -277,7 +282,12 @@ impl Writer {
         value: &[u8],
     ) -> Result<u64, WriteError> {
         let claim = self.claim(hdr, mem)?;
-        mem.write_body(claim.offset & mem.geometry().mask(), timestamp_ns, key, value);
+        mem.write_body(
+            claim.offset & mem.geometry().mask(),
+            timestamp_ns,
+            key,
+            value,
+        );
         Ok(self.publish_claimed(mem, claim))
     }
 
