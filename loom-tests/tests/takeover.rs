@@ -15,9 +15,9 @@
 //! * `takeover_vs_live_late_write` is the race the issue describes: the probe
 //!   says "dead" while the old writer is in fact still running and writes
 //!   one more record (it passed `check` before the takeover, or reads a stale
-//!   writer word). It is `#[ignore]`d because the current `ring.rs` fails it
-//!   (see `loom-tests/README.md`, "Known failing model"); run it with
-//!   `--ignored`.
+//!   writer word). The late write must be refused, or whole and on an offset
+//!   before the new writer's. (This model found two bugs in `Writer::claim`,
+//!   fixed in 4a52db0; see `loom-tests/README.md`.)
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicBool, Ordering};
