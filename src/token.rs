@@ -134,7 +134,11 @@ pub fn probe(ns: &str, id: u32) -> Liveness {
                 .stat()
                 .map(|st| os::now_ns().saturating_sub(st.ctime_ns) < 5_000_000_000)
                 .unwrap_or(true);
-            return if young { Liveness::Alive { pid: 0 } } else { Liveness::Dead { pid: 0 } };
+            return if young {
+                Liveness::Alive { pid: 0 }
+            } else {
+                Liveness::Dead { pid: 0 }
+            };
         }
     };
     match fd.try_lock() {

@@ -17,9 +17,16 @@ fn files(ns: &str) -> Vec<String> {
 }
 
 fn expired_topic(ns: &str, name: &str) {
-    let mgr = TopicManager::with_namespace(ns).unwrap().with_renewal(RenewalPolicy::Manual);
-    mgr.create(name, TopicConfig::default().partitions(2).retention(Duration::from_millis(30)))
-        .unwrap();
+    let mgr = TopicManager::with_namespace(ns)
+        .unwrap()
+        .with_renewal(RenewalPolicy::Manual);
+    mgr.create(
+        name,
+        TopicConfig::default()
+            .partitions(2)
+            .retention(Duration::from_millis(30)),
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(60));
 }
 
@@ -31,7 +38,17 @@ fn supervise_reclaims_keeps_garbage_and_stops_on_sigterm() {
     expired_topic(&ns, "old");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_shmq"))
-        .args(["supervise", "--namespace", &ns, "--interval", "100ms", "--grace", "0s", "--format", "json"])
+        .args([
+            "supervise",
+            "--namespace",
+            &ns,
+            "--interval",
+            "100ms",
+            "--grace",
+            "0s",
+            "--format",
+            "json",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -40,20 +57,33 @@ fn supervise_reclaims_keeps_garbage_and_stops_on_sigterm() {
     let mut kinds = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !kinds.iter().any(|k| k == "reclaimed_topic") || !kinds.iter().any(|k| k == "malformed") {
-        assert!(Instant::now() < deadline, "supervisor did not act: {kinds:?}");
+        assert!(
+            Instant::now() < deadline,
+            "supervisor did not act: {kinds:?}"
+        );
         let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "supervisor exited early");
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "supervisor exited early"
+        );
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON lines");
         assert_eq!(v["namespace"], ns.as_str());
         kinds.push(v["kind"].as_str().unwrap().to_string());
     }
     // SIGTERM must stop it cleanly, with status 0.
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let status = child.wait().unwrap();
     assert!(status.success(), "supervisor exit: {status}");
 
-    assert_eq!(files(&ns), vec![format!("shmq.{ns}.junk.p0")], "topic reclaimed, garbage kept");
+    assert_eq!(
+        files(&ns),
+        vec![format!("shmq.{ns}.junk.p0")],
+        "topic reclaimed, garbage kept"
+    );
     std::fs::remove_file(&garbage).unwrap();
 }
 
@@ -63,11 +93,23 @@ fn reap_dry_run_then_real_pass_in_json() {
     expired_topic(&ns, "gone");
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_shmq"))
-            .args(["reap", "--namespace", &ns, "--grace", "0s", "--format", "json"])
+            .args([
+                "reap",
+                "--namespace",
+                &ns,
+                "--grace",
+                "0s",
+                "--format",
+                "json",
+            ])
             .args(extra)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let dry = run(&["--dry-run"]);
