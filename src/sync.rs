@@ -45,6 +45,7 @@ pub(crate) fn spin_hint() {
 
 /// Give the rest of this time slice to another thread.
 #[inline]
+#[cfg_attr(loom, allow(dead_code))] // only the mapped-memory wait paths use it
 pub(crate) fn yield_now() {
     #[cfg(not(loom))]
     std::thread::yield_now();
