@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::backpressure;
 use crate::error::{Error, Result};
 use crate::os;
-use crate::ring::{self, WriteError};
+use crate::ring;
 use crate::sync::Ordering;
 use crate::token;
 use crate::topic::Topic;
@@ -338,7 +338,7 @@ impl Producer {
         let slots = part.slots();
         o.writer
             .check(hdr, &slots)
-            .map_err(|e| self_map(inner, o.partition, e))?;
+            .map_err(|e| inner.write_error(o.partition, e))?;
         if self.backpressure && o.writer.next_offset() >= o.limit {
             o.limit = backpressure::wait_for_room(
                 inner,
@@ -350,7 +350,7 @@ impl Producer {
         let offset = o
             .writer
             .write_slot(hdr, &slots, os::realtime_ns(), key, value)
-            .map_err(|e| self_map(inner, o.partition, e))?;
+            .map_err(|e| inner.write_error(o.partition, e))?;
         if o.writer.commit(hdr) {
             wait::wake_all(inner.meta.meta_header());
         }
@@ -371,7 +371,7 @@ impl Producer {
         let slots = part.slots();
         o.writer
             .check(hdr, &slots)
-            .map_err(|e| self_map(inner, o.partition, e))?;
+            .map_err(|e| inner.write_error(o.partition, e))?;
         let first_offset = o.writer.next_offset();
         let now = os::realtime_ns();
         let mut result = Ok(());
@@ -391,7 +391,7 @@ impl Producer {
                 }
             }
             if let Err(e) = o.writer.write_slot(hdr, &slots, now, None, v.as_ref()) {
-                result = Err(self_map(inner, o.partition, e));
+                result = Err(inner.write_error(o.partition, e));
                 break;
             }
         }
@@ -403,17 +403,6 @@ impl Producer {
             first_offset,
             count: values.len(),
         })
-    }
-}
-
-fn self_map(inner: &crate::topic::TopicInner, partition: u32, e: WriteError) -> Error {
-    match e {
-        WriteError::Fenced { current } => Error::Fenced {
-            topic: inner.name.clone(),
-            partition,
-            epoch: writer_lease::unpack(current).0,
-        },
-        WriteError::LeaseExpired => inner.expired(),
     }
 }
 

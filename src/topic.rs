@@ -380,6 +380,18 @@ impl TopicInner {
         self.meta.group(self.meta_geo, g)
     }
 
+    /// The API error for a refused ring write on `partition`.
+    pub(crate) fn write_error(&self, partition: u32, e: crate::ring::WriteError) -> Error {
+        match e {
+            crate::ring::WriteError::Fenced { current } => Error::Fenced {
+                topic: self.name.clone(),
+                partition,
+                epoch: crate::writer_lease::unpack(current).0,
+            },
+            crate::ring::WriteError::LeaseExpired => self.expired(),
+        }
+    }
+
     pub(crate) fn expired(&self) -> Error {
         Error::LeaseExpired {
             topic: self.name.clone(),

@@ -30,9 +30,8 @@ use crate::consumer::{Consumer, Delivered};
 use crate::error::{Error, Result};
 use crate::os;
 use crate::producer::{Producer, Sent};
-use crate::ring::{self, Claimed, ReadWith, WriteError};
+use crate::ring::{self, Claimed, ReadWith};
 use crate::wait;
-use crate::writer_lease;
 
 /// A record borrowed in place by [`Consumer::poll_with`].
 #[derive(Clone, Copy, Debug)]
@@ -236,7 +235,7 @@ impl Producer {
         let partition = o.partition;
         o.writer
             .check(hdr, &slots)
-            .map_err(|e| write_error(inner, partition, e))?;
+            .map_err(|e| inner.write_error(partition, e))?;
         if self.backpressure && o.writer.next_offset() >= o.limit {
             o.limit = backpressure::wait_for_room(
                 inner,
@@ -248,7 +247,7 @@ impl Producer {
         let claim = o
             .writer
             .claim(hdr, &slots)
-            .map_err(|e| write_error(inner, partition, e))?;
+            .map_err(|e| inner.write_error(partition, e))?;
         let timestamp_ns = os::realtime_ns();
         slots.begin_loan(claim.offset() & part.geo.mask(), timestamp_ns, len);
         Ok(Loan {
@@ -258,17 +257,6 @@ impl Producer {
             len,
             timestamp_ns,
         })
-    }
-}
-
-fn write_error(inner: &crate::topic::TopicInner, partition: u32, e: WriteError) -> Error {
-    match e {
-        WriteError::Fenced { current } => Error::Fenced {
-            topic: inner.name.clone(),
-            partition,
-            epoch: writer_lease::unpack(current).0,
-        },
-        WriteError::LeaseExpired => inner.expired(),
     }
 }
 
