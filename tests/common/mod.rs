@@ -234,6 +234,17 @@ impl ChildLines {
         ChildLines { rx }
     }
 
+    /// The next tagged line, waiting up to `timeout`; `None` on timeout or
+    /// once the child closed its stdout.
+    pub fn next(&self, timeout: std::time::Duration) -> Option<(String, String)> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// Every tagged line available right now.
+    pub fn drain(&self) -> Vec<(String, String)> {
+        self.rx.try_iter().collect()
+    }
+
     /// Wait for the next tagged line; it must have key `key`. Returns its value.
     pub fn expect(&self, key: &str) -> String {
         match self.rx.recv_timeout(CHILD_DEADLINE) {

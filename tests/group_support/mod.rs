@@ -4,20 +4,18 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, CHILD_DEADLINE, TAG};
+use crate::common::{self, CHILD_DEADLINE};
 
 /// A child test process and the tagged lines it printed.
 pub struct Kid {
     pub child: Child,
     stdin: Option<ChildStdin>,
-    rx: Receiver<(String, String)>,
+    lines: common::ChildLines,
     done: bool,
 }
 
@@ -26,24 +24,11 @@ impl Kid {
     pub fn spawn(role: &str, args: &[&str]) -> Kid {
         let mut child = common::spawn_child(role, args);
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(i) = line.find(TAG) {
-                    let rest = &line[i + TAG.len()..];
-                    let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
-                    if tx.send((k.to_string(), v.to_string())).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        let lines = common::ChildLines::new(&mut child);
         Kid {
             child,
             stdin,
-            rx,
+            lines,
             done: false,
         }
     }
@@ -51,12 +36,12 @@ impl Kid {
     /// The next tagged line, waiting up to `timeout`; `None` on timeout or
     /// once the child closed its stdout.
     pub fn next(&self, timeout: Duration) -> Option<(String, String)> {
-        self.rx.recv_timeout(timeout).ok()
+        self.lines.next(timeout)
     }
 
     /// Every tagged line available right now.
     pub fn drain(&self) -> Vec<(String, String)> {
-        self.rx.try_iter().collect()
+        self.lines.drain()
     }
 
     /// Wait for a line with `key` (other lines go to `other`); panics after
@@ -65,10 +50,10 @@ impl Kid {
         let deadline = Instant::now() + CHILD_DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok((k, v)) if k == key => return v,
-                Ok((k, v)) => other(&k, &v),
-                Err(e) => panic!("child {} never said {key}: {e}", self.child.id()),
+            match self.lines.next(left) {
+                Some((k, v)) if k == key => return v,
+                Some((k, v)) => other(&k, &v),
+                None => panic!("child {} never said {key}", self.child.id()),
             }
         }
     }
