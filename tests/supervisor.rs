@@ -1,134 +1,47 @@
 //! Leases and the supervisor, with real processes: each test re-executes this
-//! test binary as a child (`SHMQ_TEST_ROLE` selects the role) so producers,
-//! consumers and the supervisor live in separate OS processes.
+//! test binary as a child (see `tests/common`) so producers, consumers and
+//! the supervisor live in separate OS processes.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+mod common;
+
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use common::{
+    check_payload, child_role, line_from_parent, payload, send_line, shm_files, spawn_child,
+    tell_parent, wait_success, ChildLines, ShmGuard,
+};
 use shmq::reclaim::{self, ReapAction, ReapOptions};
 use shmq::{Consumer, Error, Producer, RenewalPolicy, SeekPolicy, TopicConfig, TopicManager};
 
-const ROLE: &str = "SHMQ_TEST_ROLE";
-const NS: &str = "SHMQ_TEST_NS";
+const SLOT: usize = 64;
 
-fn unique_ns(tag: &str) -> String {
-    format!("sv{}{}", tag, std::process::id())
+/// Start `role` in a child process working in namespace `ns`.
+fn spawn(role: &str, ns: &str, extra: &[&str]) -> (Child, ChildLines) {
+    let mut args = vec![ns];
+    args.extend_from_slice(extra);
+    let mut child = spawn_child(role, &args);
+    let lines = ChildLines::new(&mut child);
+    (child, lines)
 }
 
-fn files(ns: &str) -> Vec<String> {
-    let prefix = format!("shmq.{ns}.");
-    let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    v.sort();
-    v
+fn tell_child(child: &mut Child, line: &str) {
+    send_line(child.stdin.as_mut().expect("piped stdin"), line);
 }
 
-/// Deletes every file of the namespace when dropped, and (unless panicking)
-/// asserts that the test itself left nothing behind.
-struct Cleanup(String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let left = files(&self.0);
-        for f in &left {
-            let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
-        }
-        if !std::thread::panicking() {
-            assert!(left.is_empty(), "test left regions behind: {left:?}");
-        }
-    }
+/// Let the child's stdin reach EOF and wait for it to succeed.
+fn finish_child(mut child: Child) {
+    drop(child.stdin.take());
+    wait_success(&mut child);
 }
 
-struct ChildProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: Option<BufReader<ChildStdout>>,
-}
-
-impl ChildProc {
-    fn spawn(test: &str, role: &str, ns: &str, extra: &[(&str, String)]) -> ChildProc {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", test, "--nocapture", "--test-threads=1", "-q"])
-            .env(ROLE, role)
-            .env(NS, ns)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stdin = child.stdin.take();
-        let out = Some(BufReader::new(child.stdout.take().unwrap()));
-        ChildProc { child, stdin, out }
-    }
-
-    /// Next line the child printed with the `@` marker (test-harness noise is skipped).
-    fn line(&mut self) -> String {
-        loop {
-            let mut l = String::new();
-            assert!(
-                self.out.as_mut().unwrap().read_line(&mut l).unwrap() > 0,
-                "child exited early"
-            );
-            if let Some(rest) = l.trim_end().strip_prefix('@') {
-                return rest.to_string();
-            }
-        }
-    }
-
-    fn say(&mut self, s: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{s}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Hand the child's marked lines to a channel read by a background thread.
-    fn lines_to_channel(
-        &mut self,
-    ) -> (
-        std::sync::mpsc::Receiver<String>,
-        std::thread::JoinHandle<()>,
-    ) {
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let mut out = self.out.take().expect("lines already handed off");
-        let reader = std::thread::spawn(move || loop {
-            let mut l = String::new();
-            if out.read_line(&mut l).unwrap_or(0) == 0 {
-                break;
-            }
-            if let Some(rest) = l.trim_end().strip_prefix('@') {
-                let _ = tx.send(rest.to_string());
-            }
-        });
-        (rx, reader)
-    }
-
-    fn wait_ok(mut self) {
-        drop(self.stdin.take());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "child failed: {status}");
-    }
-}
-
-/// Child roles run inside the `child_entry` test when `SHMQ_TEST_ROLE` is set.
+/// Child roles (see `tests/common`); `args[0]` is the namespace.
 #[test]
-fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+fn child_process() {
+    let Some((role, args)) = child_role() else {
         return;
     };
-    let ns = std::env::var(NS).unwrap();
-    let say = |s: &str| {
-        println!("@{s}");
-        std::io::stdout().flush().unwrap();
-    };
-    let wait_line = || {
-        let mut l = String::new();
-        std::io::stdin().read_line(&mut l).unwrap();
-        l.trim().to_string()
-    };
+    let ns = args[0].clone();
     match role.as_str() {
         // Create a topic, write to it, exit: nobody renews afterwards.
         "create_and_exit" => {
@@ -143,7 +56,7 @@ fn child_entry() {
             for i in 0..100u32 {
                 p.send(&i.to_le_bytes()).unwrap();
             }
-            say("done");
+            tell_parent("done", "");
         }
         // Keep a consumer attached (background renewal) until told to stop.
         "hold" => {
@@ -155,8 +68,8 @@ fn child_entry() {
                 )
                 .unwrap();
             let mut c = Consumer::new(&t, "g").unwrap();
-            say("ready");
-            let _ = wait_line();
+            tell_parent("ready", "");
+            let _ = line_from_parent();
             c.poll(10).unwrap();
         }
         // Attach with manual renewal and never renew; after the parent reaps,
@@ -174,8 +87,8 @@ fn child_entry() {
             let mut p = Producer::new(&t).unwrap();
             let mut c = Consumer::new(&t, "g").unwrap();
             p.send(b"before").unwrap();
-            say("ready");
-            assert_eq!(wait_line(), "go");
+            tell_parent("ready", "");
+            assert_eq!(line_from_parent().as_deref(), Some("go"));
             assert!(
                 matches!(p.send(b"after"), Err(Error::LeaseExpired { .. })),
                 "send into a reclaimed region"
@@ -188,7 +101,7 @@ fn child_entry() {
                 matches!(t.renew(), Err(Error::LeaseExpired { .. })),
                 "renewal of a reclaimed region"
             );
-            say("expired");
+            tell_parent("expired", "");
         }
         // Renew a short lease irregularly while the parent reaps; report every
         // granted expiry and the end.
@@ -196,7 +109,7 @@ fn child_entry() {
             let mgr = TopicManager::with_namespace(&ns)
                 .unwrap()
                 .with_renewal(RenewalPolicy::Manual);
-            let rounds: u32 = std::env::var("ROUNDS").unwrap().parse().unwrap();
+            let rounds: u32 = args[1].parse().unwrap();
             for r in 0..rounds {
                 let t = mgr
                     .create(
@@ -208,7 +121,7 @@ fn child_entry() {
                             .retention(Duration::from_millis(15)),
                     )
                     .unwrap();
-                say(&format!("created {r}"));
+                tell_parent("created", r);
                 let mut last = t.lease_expiry_ns();
                 let mut k: u64 = u64::from(r) * 7919;
                 loop {
@@ -222,7 +135,7 @@ fn child_entry() {
                         Err(e) => panic!("{e}"),
                     }
                 }
-                say(&format!("lost {r} {last}"));
+                tell_parent("lost", format!("{r} {last}"));
             }
         }
         // Produce and stay alive until killed.
@@ -231,33 +144,15 @@ fn child_entry() {
             let t = mgr.open("events").unwrap();
             let mut p = Producer::new(&t).unwrap();
             for i in 0..1000u64 {
-                p.send(&payload(i)).unwrap();
+                p.send(&payload(i, SLOT)).unwrap();
             }
-            say(&format!("token {:08x}", mgr.token_id()));
+            tell_parent("token", format!("{:08x}", mgr.token_id()));
             loop {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
         other => panic!("unknown role {other}"),
     }
-}
-
-fn payload(i: u64) -> Vec<u8> {
-    let mut v = i.to_le_bytes().to_vec();
-    let len = 8 + (i % 40) as usize;
-    while v.len() < len {
-        v.push((i as u8).wrapping_mul(31).wrapping_add(v.len() as u8));
-    }
-    let sum: u32 = v.iter().map(|&b| u32::from(b)).sum();
-    v.extend_from_slice(&sum.to_le_bytes());
-    v
-}
-
-fn check_payload(v: &[u8]) -> u64 {
-    let (body, sum) = v.split_at(v.len() - 4);
-    let want: u32 = body.iter().map(|&b| u32::from(b)).sum();
-    assert_eq!(sum, want.to_le_bytes(), "corrupt payload");
-    u64::from_le_bytes(body[..8].try_into().unwrap())
 }
 
 fn reap_now(ns: &str) -> Vec<ReapAction> {
@@ -274,16 +169,16 @@ fn reap_now(ns: &str) -> Vec<ReapAction> {
 
 #[test]
 fn abandoned_topic_is_reclaimed_and_a_held_one_is_not() {
-    if std::env::var(ROLE).is_ok() {
+    if child_role().is_some() {
         return;
     }
-    let ns = unique_ns("ab");
-    let _clean = Cleanup(ns.clone());
-    let mut creator = ChildProc::spawn("child_entry", "create_and_exit", &ns, &[]);
-    assert_eq!(creator.line(), "done");
-    creator.wait_ok();
-    let mut holder = ChildProc::spawn("child_entry", "hold", &ns, &[]);
-    assert_eq!(holder.line(), "ready");
+    let guard = ShmGuard::new("svab");
+    let ns = guard.ns().to_string();
+    let (creator, lines) = spawn("create_and_exit", &ns, &[]);
+    lines.expect("done");
+    finish_child(creator);
+    let (mut holder, lines) = spawn("hold", &ns, &[]);
+    lines.expect("ready");
 
     // Passes while the abandoned topic's lease runs out (500 ms) and well past
     // the held topic's TTL: the held one must survive every pass.
@@ -296,21 +191,21 @@ fn abandoned_topic_is_reclaimed_and_a_held_one_is_not() {
             }
         }
         assert!(
-            files(&ns).iter().any(|f| f.contains(".kept.")),
+            shm_files(&ns).iter().any(|f| f.contains(".kept.")),
             "held topic was reclaimed"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(reclaimed, vec!["abandoned".to_string()]);
     assert!(
-        !files(&ns).iter().any(|f| f.contains(".abandoned.")),
+        !shm_files(&ns).iter().any(|f| f.contains(".abandoned.")),
         "{:?}",
-        files(&ns)
+        shm_files(&ns)
     );
 
     // The holder leaves: its topic expires and goes too, tokens included.
-    holder.say("bye");
-    holder.wait_ok();
+    tell_child(&mut holder, "bye");
+    finish_child(holder);
     std::thread::sleep(Duration::from_millis(700));
     let actions = reap_now(&ns);
     assert!(
@@ -319,18 +214,18 @@ fn abandoned_topic_is_reclaimed_and_a_held_one_is_not() {
             .any(|a| matches!(a, ReapAction::ReclaimedTopic { topic, .. } if topic == "kept")),
         "{actions:?}"
     );
-    assert!(files(&ns).is_empty(), "{:?}", files(&ns));
+    assert!(shm_files(&ns).is_empty(), "{:?}", shm_files(&ns));
 }
 
 #[test]
 fn a_process_mapped_to_a_reclaimed_region_gets_lease_expired() {
-    if std::env::var(ROLE).is_ok() {
+    if child_role().is_some() {
         return;
     }
-    let ns = unique_ns("le");
-    let _clean = Cleanup(ns.clone());
-    let mut child = ChildProc::spawn("child_entry", "attached", &ns, &[]);
-    assert_eq!(child.line(), "ready");
+    let guard = ShmGuard::new("svle");
+    let ns = guard.ns().to_string();
+    let (mut child, lines) = spawn("attached", &ns, &[]);
+    lines.expect("ready");
     std::thread::sleep(Duration::from_millis(250));
     let actions = reap_now(&ns);
     assert!(
@@ -339,27 +234,21 @@ fn a_process_mapped_to_a_reclaimed_region_gets_lease_expired() {
             .any(|a| matches!(a, ReapAction::ReclaimedTopic { topic, .. } if topic == "doomed")),
         "{actions:?}"
     );
-    child.say("go");
-    assert_eq!(child.line(), "expired");
-    child.wait_ok();
+    tell_child(&mut child, "go");
+    lines.expect("expired");
+    finish_child(child);
 }
 
 #[test]
 fn reclaim_racing_renewal_never_removes_a_renewed_region() {
-    if std::env::var(ROLE).is_ok() {
+    if child_role().is_some() {
         return;
     }
-    let ns = unique_ns("rc");
-    let _clean = Cleanup(ns.clone());
+    let guard = ShmGuard::new("svrc");
+    let ns = guard.ns().to_string();
     let rounds = 40u32;
-    let mut child = ChildProc::spawn(
-        "child_entry",
-        "renewer",
-        &ns,
-        &[("ROUNDS", rounds.to_string())],
-    );
+    let (child, lines) = spawn("renewer", &ns, &[&rounds.to_string()]);
     let mut reclaimed_at = std::collections::HashMap::new();
-    let (rx, reader) = child.lines_to_channel();
     let mut lost = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while lost.len() < rounds as usize {
@@ -372,9 +261,9 @@ fn reclaim_racing_renewal_never_removes_a_renewed_region() {
                 reclaimed_at.insert(topic, (before, after));
             }
         }
-        while let Ok(msg) = rx.try_recv() {
-            if let Some(rest) = msg.strip_prefix("lost ") {
-                let mut it = rest.split(' ');
+        for (key, value) in lines.drain() {
+            if key == "lost" {
+                let mut it = value.split(' ');
                 let r: u32 = it.next().unwrap().parse().unwrap();
                 let last: u64 = it.next().unwrap().parse().unwrap();
                 lost.insert(r, last);
@@ -394,20 +283,19 @@ fn reclaim_racing_renewal_never_removes_a_renewed_region() {
             "round {r}: a renewal to {last_granted} was reclaimed at <= {after}"
         );
     }
-    child.wait_ok();
-    reader.join().unwrap();
+    finish_child(child);
     // Tokens go with the child; anything else was reclaimed.
     reap_now(&ns);
-    assert!(files(&ns).is_empty(), "{:?}", files(&ns));
+    assert!(shm_files(&ns).is_empty(), "{:?}", shm_files(&ns));
 }
 
 #[test]
 fn killed_producer_releases_its_token_and_is_taken_over() {
-    if std::env::var(ROLE).is_ok() {
+    if child_role().is_some() {
         return;
     }
-    let ns = unique_ns("kp");
-    let _clean = Cleanup(ns.clone());
+    let guard = ShmGuard::new("svkp");
+    let ns = guard.ns().to_string();
     let mgr = TopicManager::with_namespace(&ns).unwrap();
     let topic = mgr
         .create(
@@ -418,28 +306,29 @@ fn killed_producer_releases_its_token_and_is_taken_over() {
                 .slot_size(64),
         )
         .unwrap();
-    let mut child = ChildProc::spawn("child_entry", "producer", &ns, &[]);
-    let token = child.line();
-    assert!(token.starts_with("token "));
+    let (mut child, lines) = spawn("producer", &ns, &[]);
+    let token = lines.expect("token");
     // While it lives, its partition is held.
     assert!(matches!(
         Producer::new(&topic),
         Err(Error::PartitionHeld { .. })
     ));
-    child.child.kill().unwrap();
-    child.child.wait().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
 
     // The kernel released its token: the supervisor removes the file.
     let actions = reap_now(&ns);
     assert!(
-        actions.iter().any(|a| matches!(a, ReapAction::RemovedDeadToken { file, .. } if file.ends_with(&token[6..]))),
+        actions.iter().any(
+            |a| matches!(a, ReapAction::RemovedDeadToken { file, .. } if file.ends_with(&token))
+        ),
         "{actions:?}"
     );
     let epoch_before = topic.stats().unwrap().partitions[0].writer_epoch;
     let mut p = Producer::new(&topic).unwrap();
     let stats = topic.stats().unwrap();
     assert_eq!(stats.partitions[0].writer_epoch, epoch_before + 1);
-    let sent = p.send(&payload(1000)).unwrap();
+    let sent = p.send(&payload(1000, SLOT)).unwrap();
     assert_eq!(
         sent.offset, 1000,
         "the new writer continues after the last published offset"
@@ -452,19 +341,19 @@ fn killed_producer_releases_its_token_and_is_taken_over() {
     assert_eq!(got.corrupt, 0);
     for (i, r) in got.records.iter().enumerate() {
         assert_eq!(r.offset, i as u64);
-        assert_eq!(check_payload(&r.value), i as u64);
+        assert_eq!(check_payload(&r.value, SLOT), i as u64);
     }
-    drop((p, c, topic));
-    mgr.delete("events").unwrap();
+    drop((p, c, topic, mgr));
+    guard.finish();
 }
 
 #[test]
 fn malformed_files_are_reported_and_kept_unless_forced() {
-    if std::env::var(ROLE).is_ok() {
+    if child_role().is_some() {
         return;
     }
-    let ns = unique_ns("mf");
-    let _clean = Cleanup(ns.clone());
+    let guard = ShmGuard::new("svmf");
+    let ns = guard.ns().to_string();
     let junk_meta = format!("/dev/shm/shmq.{ns}.junk.meta");
     let junk_part = format!("/dev/shm/shmq.{ns}.junk2.p0");
     let odd_name = format!("/dev/shm/shmq.{ns}.what.ever.x");
@@ -491,7 +380,7 @@ fn malformed_files_are_reported_and_kept_unless_forced() {
             .any(|a| a.to_string().contains("wrong magic")),
         "{malformed:?}"
     );
-    assert_eq!(files(&ns).len(), 3, "nothing removed without --force");
+    assert_eq!(shm_files(&ns).len(), 3, "nothing removed without --force");
     let forced = reclaim::reap(
         &ns,
         ReapOptions {
@@ -509,16 +398,16 @@ fn malformed_files_are_reported_and_kept_unless_forced() {
             .count(),
         3
     );
-    assert!(files(&ns).is_empty());
+    assert!(shm_files(&ns).is_empty());
 }
 
 #[test]
 fn dry_run_changes_nothing() {
-    if std::env::var(ROLE).is_ok() {
+    if child_role().is_some() {
         return;
     }
-    let ns = unique_ns("dr");
-    let _clean = Cleanup(ns.clone());
+    let guard = ShmGuard::new("svdr");
+    let ns = guard.ns().to_string();
     {
         let mgr = TopicManager::with_namespace(&ns)
             .unwrap()
@@ -548,10 +437,10 @@ fn dry_run_changes_nothing() {
         "{:?}",
         dry.actions
     );
-    assert_eq!(files(&ns).len(), 3);
+    assert_eq!(shm_files(&ns).len(), 3);
     let real = reap_now(&ns);
     assert!(real
         .iter()
         .any(|a| matches!(a, ReapAction::ReclaimedTopic { .. })));
-    assert!(files(&ns).is_empty());
+    assert!(shm_files(&ns).is_empty());
 }
