@@ -19,157 +19,45 @@
 //! would kill the child before its report. (The vDSO clock each send reads
 //! is not a system call, and stays allowed.)
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::process::Child;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{
+    child_role, line_from_parent, send_line, spawn_child, tell_parent, wait_exit, ChildLines,
+    ShmGuard, CHILD_DEADLINE, TAG,
+};
 use shmq::layout::KIND_PARTITION;
-use shmq::name::{self, RegionName};
+use shmq::name;
 use shmq::region::Region;
-use shmq::token::{self, Liveness};
 use shmq::{
     Consumer, Error, Producer, RecordBuf, SeekPolicy, TopicConfig, TopicManager, WaitStrategy,
 };
 
-const ROLE_ENV: &str = "SHMQ_WAIT_TEST_ROLE";
-const NS_ENV: &str = "SHMQ_WAIT_TEST_NS";
-const TAG: &str = "@@wait ";
-/// Generous bound for anything a healthy child does.
-const DEADLINE: Duration = Duration::from_secs(20);
 /// Sends the strict child makes of each kind.
 const STRICT_SENDS: u64 = 100_000;
-
-fn unique_ns(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "w{}{tag}{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn shm_files(ns: &str) -> Vec<String> {
-    let prefix = name::namespace_prefix(ns);
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&prefix))
-        .collect()
-}
-
-/// Delete the test's topic, remove token files of dead children (what the
-/// supervisor does), and assert nothing of the namespace is left.
-fn cleanup(ns: &str, mgr: TopicManager) {
-    assert!(mgr.delete("t").unwrap());
-    drop(mgr);
-    for f in shm_files(ns) {
-        if let Some(RegionName::Token { id }) = name::parse(ns, &f) {
-            if let Liveness::Dead { .. } = token::probe(ns, id) {
-                std::fs::remove_file(format!("/dev/shm/{f}")).unwrap();
-            }
-        }
-    }
-    let left = shm_files(ns);
-    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
-}
-
-/// Removes whatever a test's namespace still holds when the test ends, so a
-/// failing test leaves nothing in `/dev/shm` (a passing one has already
-/// asserted, in `cleanup`, that nothing is left).
-struct NsGuard(String);
-
-impl Drop for NsGuard {
-    fn drop(&mut self) {
-        for f in shm_files(&self.0) {
-            let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
-        }
-    }
-}
 
 fn config() -> TopicConfig {
     TopicConfig::default().partitions(1).slots(64).slot_size(64)
 }
 
-struct Kid {
-    child: Child,
-    lines: Receiver<String>,
+/// Start `role` in a child process working in namespace `ns`.
+fn spawn(role: &str, ns: &str) -> (Child, ChildLines) {
+    let mut child = spawn_child(role, &[ns]);
+    let lines = ChildLines::new(&mut child);
+    (child, lines)
 }
 
-impl Kid {
-    fn spawn(role: &str, ns: &str) -> Kid {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE_ENV, role)
-            .env(NS_ENV, ns)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Some(i) = line.find(TAG) {
-                    let _ = tx.send(line[i + TAG.len()..].to_string());
-                }
-            }
-        });
-        Kid { child, lines }
-    }
-
-    fn expect(&self, prefix: &str) -> String {
-        let line = self
-            .lines
-            .recv_timeout(DEADLINE)
-            .unwrap_or_else(|e| panic!("child never said {prefix:?}: {e}"));
-        assert!(
-            line.starts_with(prefix),
-            "child said {line:?}, expected {prefix:?}"
-        );
-        line[prefix.len()..].trim().to_string()
-    }
-
-    fn say(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn wait(mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("child did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-fn tell(line: impl std::fmt::Display) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{TAG}{line}").unwrap();
-    out.flush().unwrap();
-}
-
-fn from_parent() -> String {
-    let mut s = String::new();
-    std::io::stdin().lock().read_line(&mut s).unwrap();
-    s.trim().to_string()
+/// Drop the manager, remove the token files of dead children (what the
+/// supervisor does) and let the guard delete the topic and assert that
+/// nothing of the namespace is left.
+fn cleanup(guard: ShmGuard, mgr: TopicManager) {
+    drop(mgr);
+    guard.reap_dead_tokens();
+    guard.finish();
 }
 
 /// Whether a thread of process `pid` is blocked in a shared (non-private)
@@ -201,10 +89,10 @@ fn libc_sys_futex() -> u32 {
 /// Child roles; returns at once in a normal test run.
 #[test]
 fn child_process() {
-    let Ok(role) = std::env::var(ROLE_ENV) else {
+    let Some((role, args)) = child_role() else {
         return;
     };
-    let ns = std::env::var(NS_ENV).unwrap();
+    let ns = args[0].clone();
     let mgr = TopicManager::with_namespace(&ns).unwrap();
     let topic = mgr.open("t").unwrap();
     match role.as_str() {
@@ -214,12 +102,12 @@ fn child_process() {
                 .unwrap()
                 .with_wait_strategy(WaitStrategy::Park);
             c.seek(SeekPolicy::Latest).unwrap();
-            tell("ready");
+            tell_parent("ready", "");
             let mut buf = RecordBuf::default();
             loop {
-                c.recv_into(&mut buf, Some(DEADLINE)).unwrap();
+                c.recv_into(&mut buf, Some(CHILD_DEADLINE)).unwrap();
                 let v = String::from_utf8(buf.value().to_vec()).unwrap();
-                tell(format!("got {v}"));
+                tell_parent("got", &v);
                 if v == "stop" {
                     break;
                 }
@@ -228,9 +116,9 @@ fn child_process() {
         // Send one record ~20 ms after each "go <text>" line.
         "producer" => {
             let mut p = Producer::new(&topic).unwrap();
-            tell("ready");
+            tell_parent("ready", "");
             loop {
-                let line = from_parent();
+                let line = line_from_parent().unwrap_or_default();
                 let Some(text) = line.strip_prefix("go ") else {
                     break;
                 };
@@ -275,8 +163,8 @@ fn child_process() {
 
 #[test]
 fn a_parked_consumer_is_woken_by_the_next_publish_of_another_process() {
-    let ns = unique_ns("park");
-    let _guard = NsGuard(ns.clone());
+    let guard = ShmGuard::new("wpark");
+    let ns = guard.ns().to_string();
     let mgr = TopicManager::with_namespace(&ns).unwrap();
     let topic = mgr.create("t", config()).unwrap();
     let mut p = Producer::new(&topic).unwrap();
@@ -286,8 +174,8 @@ fn a_parked_consumer_is_woken_by_the_next_publish_of_another_process() {
     let meta = Region::attach(&name::meta_region(&ns, "t"), shmq::layout::KIND_META)
         .unwrap()
         .unwrap();
-    let kid = Kid::spawn("parked", &ns);
-    kid.expect("ready");
+    let (mut kid, lines) = spawn("parked", &ns);
+    lines.expect("ready");
 
     // The child's futex word: the topic's `notify`, at the same offset in its
     // mapping as in ours; what we compare is its address in the child, which
@@ -301,13 +189,13 @@ fn a_parked_consumer_is_woken_by_the_next_publish_of_another_process() {
             .find(|l| l.ends_with(&path))
             .and_then(|l| usize::from_str_radix(l.split('-').next()?, 16).ok())
     };
-    let pid = kid.child.id();
+    let pid = kid.id();
     let mut woke = 0u64;
     let mut sent = Vec::new();
     for attempt in 0..5 {
         // Wait until the child announced itself in `waiters` and its thread
         // sleeps in FUTEX_WAIT on the notify word.
-        let deadline = Instant::now() + DEADLINE;
+        let deadline = Instant::now() + CHILD_DEADLINE;
         loop {
             let parked = part.partition_header().waiters.load(Ordering::SeqCst) > 0
                 && meta_base(pid).is_some_and(|b| blocked_on_futex(pid, b + notify_off));
@@ -329,7 +217,7 @@ fn a_parked_consumer_is_woken_by_the_next_publish_of_another_process() {
             "send did not wake the parked reader"
         );
         assert!(meta.meta_header().notify.load(Ordering::SeqCst) > notify_before);
-        assert_eq!(kid.expect("got"), text);
+        assert_eq!(lines.expect("got"), text);
         sent.push(text);
         woke += after.woken - before.woken;
         // The kernel reports whom the FUTEX_WAKE woke. The child re-parks
@@ -343,24 +231,24 @@ fn a_parked_consumer_is_woken_by_the_next_publish_of_another_process() {
         "the kernel never reported the parked child woken"
     );
     p.send(b"stop").unwrap();
-    assert_eq!(kid.expect("got"), "stop");
-    assert!(kid.wait().success());
+    assert_eq!(lines.expect("got"), "stop");
+    assert!(wait_exit(&mut kid).success());
     drop((p, topic, part, meta));
-    cleanup(&ns, mgr);
+    cleanup(guard, mgr);
 }
 
 #[test]
 fn a_send_with_no_parked_reader_makes_no_system_call() {
-    let ns = unique_ns("strict");
-    let _guard = NsGuard(ns.clone());
+    let guard = ShmGuard::new("wstrict");
+    let ns = guard.ns().to_string();
     let mgr = TopicManager::with_namespace(&ns).unwrap();
     let topic = mgr.create("t", config()).unwrap();
     // A reader that polls without parking: it must not cause wake-ups.
     let mut c = Consumer::new(&topic, "poller").unwrap();
-    let kid = Kid::spawn("strict", &ns);
-    let report = kid.expect("strict-sent");
+    let (mut kid, lines) = spawn("strict", &ns);
+    let report = lines.expect("strict-sent");
     assert_eq!(report, format!("{STRICT_SENDS} wake-calls 0"));
-    let status = kid.wait();
+    let status = wait_exit(&mut kid);
     assert_eq!(
         status.signal(),
         Some(libc_sigsys()),
@@ -373,17 +261,17 @@ fn a_send_with_no_parked_reader_makes_no_system_call() {
     c.seek(SeekPolicy::Latest).unwrap();
     assert!(c.poll_into(&mut buf).unwrap().is_none());
     drop((c, topic));
-    cleanup(&ns, mgr);
+    cleanup(guard, mgr);
 }
 
 #[test]
 fn every_strategy_receives_from_another_process() {
-    let ns = unique_ns("strat");
-    let _guard = NsGuard(ns.clone());
+    let guard = ShmGuard::new("wstrat");
+    let ns = guard.ns().to_string();
     let mgr = TopicManager::with_namespace(&ns).unwrap();
     let topic = mgr.create("t", config()).unwrap();
-    let mut kid = Kid::spawn("producer", &ns);
-    kid.expect("ready");
+    let (mut kid, lines) = spawn("producer", &ns);
+    lines.expect("ready");
     for strategy in [
         WaitStrategy::BusySpin,
         WaitStrategy::Yield,
@@ -395,8 +283,8 @@ fn every_strategy_receives_from_another_process() {
             .with_wait_strategy(strategy);
         c.seek(SeekPolicy::Latest).unwrap();
         let text = format!("{strategy:?}");
-        kid.say(&format!("go {text}"));
-        let r = c.recv_timeout(DEADLINE).unwrap();
+        send_line(kid.stdin.as_mut().unwrap(), &format!("go {text}"));
+        let r = c.recv_timeout(CHILD_DEADLINE).unwrap();
         assert_eq!(r.value, text.as_bytes(), "{strategy:?}");
         // The blocking `poll_timeout` path too: nothing more is coming.
         let t0 = Instant::now();
@@ -404,16 +292,16 @@ fn every_strategy_receives_from_another_process() {
         assert!(got.is_empty(), "{strategy:?}: {got:?}");
         assert!(t0.elapsed() >= Duration::from_millis(30), "{strategy:?}");
     }
-    kid.say("stop");
-    assert!(kid.wait().success());
+    send_line(kid.stdin.as_mut().unwrap(), "stop");
+    assert!(wait_exit(&mut kid).success());
     drop(topic);
-    cleanup(&ns, mgr);
+    cleanup(guard, mgr);
 }
 
 #[test]
 fn recv_timeout_honours_its_deadline_with_every_strategy() {
-    let ns = unique_ns("dl");
-    let _guard = NsGuard(ns.clone());
+    let guard = ShmGuard::new("wdl");
+    let ns = guard.ns().to_string();
     let mgr = TopicManager::with_namespace(&ns).unwrap();
     let topic = mgr.create("t", config()).unwrap();
     let timeout = Duration::from_millis(150);
@@ -443,5 +331,5 @@ fn recv_timeout_honours_its_deadline_with_every_strategy() {
         assert!(t0.elapsed() >= timeout, "{strategy:?}");
     }
     drop(topic);
-    cleanup(&ns, mgr);
+    cleanup(guard, mgr);
 }
