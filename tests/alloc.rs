@@ -11,6 +11,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+mod common;
+
+use common::ShmGuard;
 use shmq::{Consumer, Overflow, Producer, RecordBuf, SeekPolicy, TopicConfig, TopicManager};
 
 struct Counting;
@@ -58,15 +61,19 @@ fn allocations(f: impl FnOnce()) -> u64 {
 const N: u64 = 10_000;
 
 struct Fixture {
-    ns: String,
+    // Field order matters: the manager (and its token file) drops before
+    // the guard cleans the namespace.
     mgr: Option<TopicManager>,
+    guard: ShmGuard,
 }
 
 impl Fixture {
     fn new(tag: &str) -> Fixture {
-        let ns = format!("a{}{tag}", std::process::id());
-        let mgr = TopicManager::with_namespace(&ns).unwrap();
-        Fixture { ns, mgr: Some(mgr) }
+        let guard = ShmGuard::new(&format!("a{tag}"));
+        Fixture {
+            mgr: Some(guard.manager()),
+            guard,
+        }
     }
 
     fn topic(&self, overflow: Overflow) -> shmq::Topic {
@@ -82,31 +89,7 @@ impl Fixture {
         let mgr = self.mgr.take().unwrap();
         assert!(mgr.delete("hot").unwrap());
         drop(mgr);
-        let prefix = format!("shmq.{}.", self.ns);
-        let left: Vec<String> = std::fs::read_dir("/dev/shm")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix))
-            .collect();
-        assert!(left.is_empty(), "left in /dev/shm: {left:?}");
-    }
-}
-
-impl Drop for Fixture {
-    /// A failed test still removes what it created (without asserting).
-    fn drop(&mut self) {
-        if self.mgr.take().is_some() {
-            let prefix = format!("shmq.{}.", self.ns);
-            for f in std::fs::read_dir("/dev/shm")
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if f.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(f.path());
-                }
-            }
-        }
+        self.guard.finish();
     }
 }
 

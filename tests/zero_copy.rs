@@ -3,21 +3,26 @@
 //! Cross-process use of both is exercised by `shmq bench` and the criterion
 //! benches; these tests pin down the protocol edge cases deterministically.
 
+mod common;
+
+use common::ShmGuard;
 use shmq::{Consumer, Error, Overflow, Producer, RecordBuf, SeekPolicy, TopicConfig, TopicManager};
 
 const SLOTS: u64 = 8;
 
 struct Fx {
-    ns: String,
+    // Field order matters: the manager (and its token file) drops before
+    // the guard cleans the namespace.
     mgr: Option<TopicManager>,
+    guard: ShmGuard,
 }
 
 impl Fx {
     fn new(tag: &str) -> Fx {
-        let ns = format!("z{}{tag}", std::process::id());
+        let guard = ShmGuard::new(&format!("z{tag}"));
         Fx {
-            mgr: Some(TopicManager::with_namespace(&ns).unwrap()),
-            ns,
+            mgr: Some(guard.manager()),
+            guard,
         }
     }
     fn topic(&self, partitions: u32, overflow: Overflow) -> shmq::Topic {
@@ -32,31 +37,7 @@ impl Fx {
         let mgr = self.mgr.take().unwrap();
         assert!(mgr.delete("t").unwrap());
         drop(mgr);
-        let prefix = format!("shmq.{}.", self.ns);
-        let left: Vec<String> = std::fs::read_dir("/dev/shm")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix))
-            .collect();
-        assert!(left.is_empty(), "left in /dev/shm: {left:?}");
-    }
-}
-
-impl Drop for Fx {
-    /// A failed test still removes what it created (without asserting).
-    fn drop(&mut self) {
-        if self.mgr.take().is_some() {
-            let prefix = format!("shmq.{}.", self.ns);
-            for f in std::fs::read_dir("/dev/shm")
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if f.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(f.path());
-                }
-            }
-        }
+        self.guard.finish();
     }
 }
 
