@@ -143,6 +143,30 @@ impl SlotMemory for MappedSlots<'_> {
     }
 
     #[inline]
+    fn prefetch_for_write(&self, index: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.slot(index & (self.geo.slots - 1));
+            // The sequence word with the record header, and the body's start.
+            let lines = (self.geo.stride as usize / crate::layout::LINE).min(2);
+            for l in 0..lines {
+                // SAFETY: `prefetchw` is only a cache hint and never faults;
+                // the address is inside the slot (l * 64 < stride), which is
+                // inside the mapping. CPUs without PRFCHW execute it as a NOP.
+                unsafe {
+                    std::arch::asm!(
+                        "prefetchw [{0}]",
+                        in(reg) p.add(l * crate::layout::LINE),
+                        options(nostack, preserves_flags, readonly)
+                    );
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = index;
+    }
+
+    #[inline]
     fn seq(&self, index: u64) -> &AtomicU64 {
         // SAFETY: the slot starts on a 64-byte boundary (PARTITION_HEADER and
         // stride are multiples of 64), so its first 8 bytes are an aligned
