@@ -90,6 +90,17 @@ impl Ns {
 
 impl Drop for Ns {
     fn drop(&mut self) {
+        // A `shmq` process that exits while its lease-renewal thread holds
+        // the topic for a tick leaves its (dead, unlocked) liveness-token
+        // file behind, exactly like a crash; remove those as the supervisor
+        // would. Anything else left is a bug.
+        for f in self.files() {
+            if let Some(shmq::name::RegionName::Token { id }) = shmq::name::parse(&self.0, &f) {
+                if shmq::token::probe(&self.0, id).is_dead() {
+                    let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
+                }
+            }
+        }
         let left = self.files();
         // Remove leftovers so one failure does not litter /dev/shm ...
         for f in &left {
