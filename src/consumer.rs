@@ -90,6 +90,34 @@ pub struct Delivered {
 pub(crate) struct Cursor {
     pub(crate) partition: u32,
     pub(crate) next: u64,
+    /// The partition's write cursor as last read: offsets below it are
+    /// published. Cached so the shared cursor line is read only when this
+    /// reader has caught up with it (and then a caught-up reader spins on
+    /// the cursor line, not on the slot the writer is about to claim).
+    pub(crate) end: u64,
+}
+
+impl Cursor {
+    /// A reader positioned at `next` that has not read the write cursor yet.
+    pub(crate) fn at(partition: u32, next: u64) -> Cursor {
+        Cursor {
+            partition,
+            next,
+            end: 0,
+        }
+    }
+
+    /// Whether offset `next` can have been published ("anything new?"):
+    /// answered from the cached write cursor, reloading the shared one only
+    /// when the cache is exhausted. A hint: the slot's sequence word decides.
+    #[inline]
+    pub(crate) fn may_read(&mut self, hdr: &crate::layout::PartitionHeader) -> bool {
+        if self.next < self.end {
+            return true;
+        }
+        self.end = ring::latest(hdr);
+        self.next < self.end
+    }
 }
 
 /// Reads assigned partitions of a topic on behalf of a consumer group.
@@ -210,7 +238,7 @@ impl Consumer {
                 continue;
             }
             let next = self.resolve(p, SeekPolicy::Committed)?;
-            cursors.push(Cursor { partition: p, next });
+            cursors.push(Cursor::at(p, next));
         }
         self.cursors = cursors;
         self.rr = 0;
@@ -337,7 +365,7 @@ impl Consumer {
             let i = (self.rr + k) % n;
             let c = &mut self.cursors[i];
             let part = &self.topic.inner.parts[c.partition as usize];
-            loop {
+            while c.may_read(part.header()) {
                 match ring::read(part.header(), &part.slots(), c.next, buf) {
                     ReadOutcome::Record => {
                         let d = Delivered {
@@ -383,7 +411,7 @@ impl Consumer {
             let c = &mut self.cursors[i];
             let part = &self.topic.inner.parts[c.partition as usize];
             let slots = part.slots();
-            while out.records.len() < max {
+            while out.records.len() < max && c.may_read(part.header()) {
                 match ring::read(part.header(), &slots, c.next, &mut self.buf) {
                     ReadOutcome::Record => {
                         out.records.push(Record {

@@ -573,7 +573,7 @@ impl GroupConsumer {
                         Some(o) => o,
                         None => ring::earliest(part.header(), part.geo),
                     };
-                    Cursor { partition: p, next }
+                    Cursor::at(p, next)
                 }
             };
             cursors.push(c);

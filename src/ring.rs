@@ -372,13 +372,6 @@ pub fn read_with<S: SlotMemory + ?Sized, T>(
     if offset >= MAX_OFFSET {
         return ReadWith::NotYet;
     }
-    // "Anything new?" on the cursor line first: a caught-up reader then spins
-    // on the cursor, not on the slot the writer is about to claim, so the
-    // writer's claim does not have to pull that line back from the reader.
-    // Only a hint (Relaxed); the slot's own sequence word below decides.
-    if hdr.cursor.load(Ordering::Relaxed) <= offset {
-        return ReadWith::NotYet;
-    }
     let geo = mem.geometry();
     let index = offset & geo.mask();
     let seq = mem.seq(index);

@@ -105,7 +105,7 @@ impl Consumer {
             let c = &mut self.cursors[i];
             let part = &inner.parts[c.partition as usize];
             let slots = part.slots();
-            loop {
+            while c.may_read(part.header()) {
                 let (partition, offset) = (c.partition, c.next);
                 let got = ring::read_with(part.header(), &slots, offset, |index| {
                     let (timestamp_ns, key_len, bytes) = slots.view(index)?;
