@@ -14,8 +14,13 @@
 //! Writer, for offset `o` (see [`Writer::write_slot`], or [`Writer::claim`]
 //! and [`Writer::publish_claimed`] for in-place writes):
 //! 1. **claim**: CAS `seq` from the previous occupant's value to `2o + 1`
-//!    (`AcqRel`). Losing the CAS means another writer took this partition
-//!    over: the write is rejected with [`WriteError::Fenced`], nothing copied.
+//!    (`AcqRel`). Losing the CAS to a writer with a newer lease (the header's
+//!    writer word is no longer ours) means we were taken over: the write is
+//!    rejected with [`WriteError::Fenced`], nothing copied. Losing it while
+//!    the lease is still ours means a predecessor we fenced is finishing one
+//!    last write of this offset: we keep its record (waiting while it is
+//!    mid-copy) and take the next offset. Anything else is a scribbled word,
+//!    taken back. `loom-tests/tests/takeover.rs` checks both races.
 //! 2. `fence(Release)` — SYNC POINT "writing mark": a reader that sees any
 //!    byte of the new body also sees the odd mark when it re-checks.
 //! 3. copy lengths, timestamp, key and value into the slot body.
@@ -26,7 +31,10 @@
 //!    (a Dekker pair with a parking reader), so a waiter is never missed and
 //!    nobody parked means no syscall.
 //!
-//! Reader, for offset `o` (see [`read`]): load `seq` with `Acquire` (pairs
+//! Reader, for offset `o` (see [`read`]; consumers first ask their cached copy
+//! of the cursor whether `o` can be published yet, so a caught-up reader
+//! polls the cursor line rather than the slot being claimed): load `seq`
+//! with `Acquire` (pairs
 //! with step 4). `2o + 2`: copy the body out, `fence(Acquire)` (pairs with
 //! step 2), re-load `seq`; unchanged → the record; changed → lapped. Smaller
 //! than `2o + 2` → not written yet. Larger → lapped: the reader is told how
