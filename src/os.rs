@@ -490,6 +490,14 @@ pub fn coarse_now_ns() -> u64 {
     clock_ns(libc::CLOCK_REALTIME_COARSE)
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds. Unlike `std::time::Instant`, its
+/// values are comparable between processes on one host (same clock, same
+/// origin), so one process can timestamp and another measure.
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
 #[inline]
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {

@@ -111,13 +111,7 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// `CLOCK_MONOTONIC` in nanoseconds. Unlike `std::time::Instant`, its values
 /// are comparable between processes on one host (same clock, same origin).
 pub fn mono_ns() -> u64 {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(ts) => (ts.tv_sec() as u64)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(ts.tv_nsec() as u64),
-        // CLOCK_MONOTONIC cannot fail on Linux; keep going rather than panic.
-        Err(_) => 0,
-    }
+    shmq::os::monotonic_ns()
 }
 
 /// The current Unix time in nanoseconds (`CLOCK_REALTIME`).
