@@ -70,3 +70,36 @@ fn renewal_manager_renews_only_when_due_and_reports_reclaim() {
         "a reclaimed topic is dropped from the manager"
     );
 }
+
+#[test]
+fn opening_under_manual_renewal_does_not_extend_the_lease() {
+    use shmq::RenewalPolicy;
+    use std::time::Duration;
+    let ns = format!("smokeob{}", std::process::id());
+    let mgr = TopicManager::with_namespace(&ns)
+        .unwrap()
+        .with_renewal(RenewalPolicy::Manual);
+    let topic = mgr
+        .create(
+            "t",
+            TopicConfig::default()
+                .partitions(1)
+                .retention(Duration::from_secs(60)),
+        )
+        .unwrap();
+    let expiry = topic.lease_expiry_ns();
+    std::thread::sleep(Duration::from_millis(20));
+    // An observer (what `shmq list` / `info` do) opens it: the lease stays.
+    let observer = TopicManager::with_namespace(&ns)
+        .unwrap()
+        .with_renewal(RenewalPolicy::Manual);
+    let seen = observer.open("t").unwrap();
+    assert_eq!(seen.lease_expiry_ns(), expiry);
+    assert_eq!(seen.stats().unwrap().lease_expiry_ns, expiry);
+    // A renewing opener moves it forward.
+    let user = TopicManager::with_namespace(&ns).unwrap();
+    let used = user.open("t").unwrap();
+    assert!(used.lease_expiry_ns() > expiry);
+    drop((seen, observer, used, user, topic));
+    assert!(mgr.delete("t").unwrap());
+}

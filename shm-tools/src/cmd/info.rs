@@ -22,13 +22,11 @@
 //! had left, not the renewal this command caused.
 
 use std::io::Write;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
 use serde_json::{json, Value};
-use shmq::layout::{KIND_META, KIND_PARTITION, RECLAIMED};
-use shmq::region::Region;
+use shmq::layout::RECLAIMED;
 use shmq::{RenewalPolicy, Topic, TopicManager, TopicStats, WriterInfo};
 
 use crate::cli::Format;
@@ -48,38 +46,6 @@ pub struct InfoArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-}
-
-/// Lease expiries of a topic's regions as they were before this process
-/// attached (attaching renews them). `None` where a region is missing or
-/// unreadable; `Some(RECLAIMED)` once reclaimed.
-#[derive(Clone, Debug, Default)]
-pub struct PeekedLeases {
-    /// Meta region.
-    pub meta: Option<u64>,
-    /// Per partition.
-    pub partitions: Vec<Option<u64>>,
-}
-
-/// Read lease expiries without renewing them.
-pub fn peek_leases(ns: &str, topic: &str) -> PeekedLeases {
-    let Ok(Some(meta)) = Region::attach(&shmq::name::meta_region(ns, topic), KIND_META) else {
-        return PeekedLeases::default();
-    };
-    let expiry = meta.meta_header().lease.expiry.load(Ordering::Acquire);
-    let n = meta.meta_geometry().map_or(0, |g| g.partitions);
-    let partitions = (0..n)
-        .map(|p| {
-            match Region::attach(&shmq::name::partition_region(ns, topic, p), KIND_PARTITION) {
-                Ok(Some(r)) => Some(r.partition_header().lease.expiry.load(Ordering::Acquire)),
-                _ => None,
-            }
-        })
-        .collect();
-    PeekedLeases {
-        meta: Some(expiry),
-        partitions,
-    }
 }
 
 /// Milliseconds until `expiry_ns` (0 once past), `None` if reclaimed/unknown.
@@ -125,20 +91,15 @@ fn writer_text(w: &Option<WriterInfo>) -> String {
 }
 
 /// Everything `info` shows, as JSON.
-pub fn info_json(ns: &str, topic: &Topic, stats: &TopicStats, leases: &PeekedLeases) -> Value {
+pub fn info_json(ns: &str, topic: &Topic, stats: &TopicStats) -> Value {
     let c = topic.config();
     let now = unix_ns();
-    let meta_expiry = leases.meta.or(Some(stats.lease_expiry_ns));
+    let meta_expiry = Some(stats.lease_expiry_ns);
     let parts: Vec<Value> = stats
         .partitions
         .iter()
         .map(|p| {
-            let exp = leases
-                .partitions
-                .get(p.partition as usize)
-                .copied()
-                .flatten()
-                .or(Some(p.lease_expiry_ns));
+            let exp = Some(p.lease_expiry_ns);
             json!({
                 "partition": p.partition,
                 "write_offset": p.write_offset,
@@ -198,13 +159,12 @@ pub fn run(ns: &str, args: InfoArgs) -> CliResult {
     // module docs).
     let mgr = TopicManager::with_namespace(ns)?.with_renewal(RenewalPolicy::Manual);
     shmq::name::validate_topic(&args.topic)?;
-    let leases = peek_leases(ns, &args.topic);
     let topic = mgr.open(&args.topic)?;
     let stats = topic.stats()?;
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => {
-            let v = info_json(ns, &topic, &stats, &leases);
+            let v = info_json(ns, &topic, &stats);
             writeln!(
                 out,
                 "{}",
@@ -225,19 +185,14 @@ pub fn run(ns: &str, args: InfoArgs) -> CliResult {
                 overflow_name(c.overflow),
                 fmt_duration(c.retention),
                 c.mode,
-                fmt_left(leases.meta.or(Some(stats.lease_expiry_ns)), now),
+                fmt_left(Some(stats.lease_expiry_ns), now),
             )?;
             writeln!(out)?;
             let rows: Vec<Vec<String>> = stats
                 .partitions
                 .iter()
                 .map(|p| {
-                    let exp = leases
-                        .partitions
-                        .get(p.partition as usize)
-                        .copied()
-                        .flatten()
-                        .or(Some(p.lease_expiry_ns));
+                    let exp = Some(p.lease_expiry_ns);
                     vec![
                         p.partition.to_string(),
                         p.write_offset.to_string(),

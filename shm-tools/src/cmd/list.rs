@@ -24,7 +24,7 @@ use shmq::{Error, RenewalPolicy, TopicManager};
 
 use crate::cli::Format;
 use crate::cmd::create::overflow_name;
-use crate::cmd::info::{fmt_left, left_ms, peek_leases};
+use crate::cmd::info::{fmt_left, left_ms};
 use crate::error::CliResult;
 use crate::util::{fmt_duration, table, unix_ns};
 
@@ -45,15 +45,8 @@ struct Row {
     cells: Vec<String>,
 }
 
-fn describe(mgr: &TopicManager, ns: &str, name: &str) -> Row {
-    let leases = peek_leases(ns, name);
+fn describe(mgr: &TopicManager, name: &str) -> Row {
     let now = unix_ns();
-    if leases.meta == Some(RECLAIMED) {
-        return Row {
-            json: json!({ "topic": name, "state": "reclaimed" }),
-            cells: vec![name.into(), "reclaimed".into()],
-        };
-    }
     let opened = mgr.open(name).and_then(|t| t.stats().map(|s| (t, s)));
     let (topic, stats) = match opened {
         Ok(x) => x,
@@ -80,7 +73,7 @@ fn describe(mgr: &TopicManager, ns: &str, name: &str) -> Row {
         }
     }
     let messages: u64 = stats.partitions.iter().map(|p| p.write_offset).sum();
-    let expiry = leases.meta.or(Some(stats.lease_expiry_ns));
+    let expiry = Some(stats.lease_expiry_ns);
     let mut writers = format!("{live} live");
     if dead > 0 {
         writers.push_str(&format!(", {dead} dead"));
@@ -124,7 +117,7 @@ pub fn run(ns: &str, args: ListArgs) -> CliResult {
     let mgr = TopicManager::with_namespace(ns)?.with_renewal(RenewalPolicy::Manual);
     let mut names = mgr.list()?;
     names.sort();
-    let rows: Vec<Row> = names.iter().map(|n| describe(&mgr, ns, n)).collect();
+    let rows: Vec<Row> = names.iter().map(|n| describe(&mgr, n)).collect();
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => {
