@@ -47,7 +47,7 @@ fn holding_groups(inner: &TopicInner, now_ns: u64) -> impl Iterator<Item = u32> 
     let me = inner.token.id();
     (0..inner.meta_geo.group_cap).filter(move |&g| {
         let view = inner.group(g);
-        if view.header.state.load(Ordering::Acquire) != group_state::READY {
+        if proto::entry_state(view.header.state.load(Ordering::Acquire)) != group_state::READY {
             return false;
         }
         let active = view.header.last_active_ns.load(Ordering::Relaxed);
@@ -65,6 +65,49 @@ fn holding_groups(inner: &TopicInner, now_ns: u64) -> impl Iterator<Item = u32> 
 fn limit_for(inner: &TopicInner, p: u32, groups: impl Iterator<Item = u32>, next: u64) -> u64 {
     let floors = groups.map(|g| proto::committed_floor(&inner.group(g).partitions[p as usize]));
     proto::write_limit(floors, inner.config.slots).min(next.saturating_add(inner.config.slots))
+}
+
+/// The [`Error::Full`] of partition `p` (writer at `next`): names the
+/// slowest holding group, its lag, and how long it can still hold the
+/// writer. Made only on the error path (allocates, probes tokens).
+fn full_error(inner: &TopicInner, p: u32, next: u64) -> Error {
+    let now = os::now_ns();
+    let slowest = holding_groups(inner, now)
+        .map(|g| {
+            (
+                g,
+                proto::committed_floor(&inner.group(g).partitions[p as usize]),
+            )
+        })
+        .min_by_key(|&(_, floor)| floor);
+    let Some((g, floor)) = slowest else {
+        return Error::Full {
+            partition: p,
+            group: None,
+            lag: 0,
+            live_member: false,
+            releases_in: None,
+        };
+    };
+    let view = inner.group(g);
+    let name = crate::group_table::Table::of(inner)
+        .list()
+        .into_iter()
+        .find_map(|(i, n)| (i == g).then_some(n));
+    let me = inner.token.id();
+    let live_member = view.members.iter().any(|m| {
+        let t = proto::token_of(m.id.load(Ordering::Acquire));
+        t != 0 && (t == me || !token::probe(&inner.ns, t).is_dead())
+    });
+    let dead_after = inner.config.dead_group_timeout.as_nanos() as u64;
+    let idle = now.saturating_sub(view.header.last_active_ns.load(Ordering::Relaxed));
+    Error::Full {
+        partition: p,
+        group: name,
+        lag: next.saturating_sub(floor),
+        live_member,
+        releases_in: (!live_member).then(|| Duration::from_nanos(dead_after.saturating_sub(idle))),
+    }
 }
 
 /// Wait until offset `next` of partition `p` may be written; returns the new
@@ -102,7 +145,7 @@ pub(crate) fn wait_for_room(
                 .header()
                 .full_events
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(Error::Full { partition: p });
+            return Err(full_error(inner, p, next));
         }
         if inner.reclaimed() {
             return Err(inner.expired());

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::layout::{self, Geometry, MAX_PARTITIONS};
+use crate::layout::{
+    self, Geometry, GROUP_CAPACITY, MAX_GROUP_CAPACITY, MAX_MEMBER_CAPACITY, MAX_PARTITIONS,
+    MEMBER_CAPACITY,
+};
 
 /// What the writer does when the ring is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +57,15 @@ pub struct TopicConfig {
     /// For [`Overflow::Backpressure`]: how long a group whose members are all
     /// gone keeps holding the writer back. Default 30 s.
     pub dead_group_timeout: Duration,
+    /// A consumer group with no live member and no sign of life (join, poll,
+    /// commit, heartbeat) for this long is freed, committed offsets and all
+    /// (by the supervisor's pass, or when a new group finds the table full).
+    /// `Duration::ZERO` = never. Default 1 hour; at most 49 days.
+    pub group_retention: Duration,
+    /// Capacity of the group table (1 ..= 1024). Default 16.
+    pub max_groups: u32,
+    /// Members per group (1 ..= 1024). Default 32.
+    pub max_members: u32,
 }
 
 impl Default for TopicConfig {
@@ -66,6 +78,9 @@ impl Default for TopicConfig {
             overflow: Overflow::Overwrite,
             mode: 0o600,
             dead_group_timeout: Duration::from_secs(30),
+            group_retention: Duration::from_secs(3600),
+            max_groups: GROUP_CAPACITY,
+            max_members: MEMBER_CAPACITY,
         }
     }
 }
@@ -76,6 +91,8 @@ pub const MAX_SLOT_SIZE: u64 = 1 << 30;
 pub const MAX_SLOTS: u64 = 1 << 24;
 /// Largest partition region accepted (bytes).
 pub const MAX_PARTITION_BYTES: u64 = 64 << 30;
+/// Largest meta region (group tables) accepted (bytes).
+pub const MAX_META_BYTES: u64 = 256 << 20;
 
 impl TopicConfig {
     /// Set the partition count.
@@ -106,6 +123,21 @@ impl TopicConfig {
     /// Set the region file mode.
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+    /// Set the group retention (`Duration::ZERO` = never free idle groups).
+    pub fn group_retention(mut self, d: Duration) -> Self {
+        self.group_retention = d;
+        self
+    }
+    /// Set the capacity of the group table.
+    pub fn max_groups(mut self, n: u32) -> Self {
+        self.max_groups = n;
+        self
+    }
+    /// Set the capacity of each group's member table.
+    pub fn max_members(mut self, n: u32) -> Self {
+        self.max_members = n;
         self
     }
 
@@ -146,6 +178,37 @@ impl TopicConfig {
         }
         if self.dead_group_timeout.as_millis() > u128::from(u32::MAX) {
             return bad("dead_group_timeout too large".into());
+        }
+        if self.group_retention.as_millis() > u128::from(u32::MAX)
+            || (!self.group_retention.is_zero() && self.group_retention < Duration::from_millis(1))
+        {
+            return bad(format!(
+                "group_retention = {:?}; must be 0 (never) or between 1 ms and {} ms (49 days)",
+                self.group_retention,
+                u32::MAX
+            ));
+        }
+        if self.max_groups == 0 || self.max_groups > MAX_GROUP_CAPACITY {
+            return bad(format!(
+                "max_groups = {}; must be 1 ..= {MAX_GROUP_CAPACITY}",
+                self.max_groups
+            ));
+        }
+        if self.max_members == 0 || self.max_members > MAX_MEMBER_CAPACITY {
+            return bad(format!(
+                "max_members = {}; must be 1 ..= {MAX_MEMBER_CAPACITY}",
+                self.max_members
+            ));
+        }
+        let meta = layout::meta_region_len(self.partitions, self.max_groups, self.max_members);
+        if meta as u64 > MAX_META_BYTES {
+            return bad(format!(
+                "{} groups x {} members need a {} MiB group table; the limit is {} MiB: lower --max-groups or --max-members",
+                self.max_groups,
+                self.max_members,
+                meta >> 20,
+                MAX_META_BYTES >> 20
+            ));
         }
         let geo = Geometry::new(self.slots, self.slot_size)
             .filter(|g| g.region_len as u64 <= MAX_PARTITION_BYTES)

@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::group_table;
-use crate::offset::{OffsetStore, ShmOffsetStore};
+use crate::group_protocol as proto;
+use crate::group_table::Table;
+use crate::offset::{NoGroupStore, OffsetStore, ShmOffsetStore};
 use crate::os;
 use crate::ring::{self, ReadOutcome, RecordBuf};
 use crate::sync::Ordering;
@@ -148,6 +149,12 @@ pub struct Consumer {
     pub(crate) missed: u64,
     pub(crate) corrupt: u64,
     pub(crate) group_index: Option<u32>,
+    /// The group entry's READY word when it was registered.
+    pub(crate) group_word: u64,
+    /// Register the group again if it was freed while this consumer was
+    /// idle (`false` for a [`crate::GroupConsumer`]'s consumer: its
+    /// membership decides, and gets [`Error::GroupDeleted`]).
+    pub(crate) reregister: bool,
     pub(crate) last_touch_ns: u64,
 }
 
@@ -170,10 +177,51 @@ impl Consumer {
     /// [`Error::InvalidName`] for a bad group name, [`Error::GroupTableFull`].
     pub fn new(topic: &Topic, group: &str) -> Result<Consumer> {
         // Register the group so that backpressure and `info` see it at once.
-        let index = group_table::find_or_create(&topic.inner, group)?;
+        let found = Table::of(&topic.inner).find_or_create(group)?;
         let mut c = Self::with_store(topic, group, Box::new(ShmOffsetStore))?;
-        c.group_index = Some(index);
+        c.group_index = Some(found.index);
+        c.group_word = found.word;
+        c.publish_starts();
         Ok(c)
+    }
+
+    /// A reader without a consumer group: it takes no entry in the topic's
+    /// group table, holds nothing back (a backpressure writer never waits
+    /// for it) and has nothing to commit ([`Consumer::commit`] returns
+    /// [`Error::NoGroup`]). Assigned every partition, positioned at the
+    /// earliest retained records; use [`Consumer::seek`] for others (e.g.
+    /// [`SeekPolicy::Latest`] to tail the topic).
+    ///
+    /// # Errors
+    /// [`Error::LeaseExpired`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # let mgr = shmq::TopicManager::new()?;
+    /// let topic = mgr.open("events")?;
+    /// let mut tail = shmq::Consumer::reader(&topic)?;
+    /// tail.seek(shmq::SeekPolicy::Latest)?;
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    pub fn reader(topic: &Topic) -> Result<Consumer> {
+        Self::build(topic, String::new(), Box::new(NoGroupStore))
+    }
+
+    /// Whether this is a reader without a group ([`Consumer::reader`]).
+    pub fn is_reader(&self) -> bool {
+        self.group.is_empty()
+    }
+
+    /// Publish every cursor's position as where this group's readers start
+    /// (its backpressure floor until it commits).
+    fn publish_starts(&self) {
+        let Some(g) = self.group_index else { return };
+        let view = self.topic.inner.group(g);
+        for c in &self.cursors {
+            if let Some(gp) = view.partitions.get(c.partition as usize) {
+                proto::publish_start(gp, c.next);
+            }
+        }
     }
 
     /// Like [`Consumer::new`] with a chosen offset store. Such a consumer is
@@ -187,13 +235,17 @@ impl Consumer {
     /// As [`Consumer::new`].
     pub fn with_store(topic: &Topic, group: &str, store: Box<dyn OffsetStore>) -> Result<Consumer> {
         crate::name::validate_group(group)?;
+        Self::build(topic, group.to_string(), store)
+    }
+
+    fn build(topic: &Topic, group: String, store: Box<dyn OffsetStore>) -> Result<Consumer> {
         if topic.inner.reclaimed() {
             return Err(topic.inner.expired());
         }
         let group_index = None;
         let mut c = Consumer {
             topic: topic.clone(),
-            group: group.to_string(),
+            group,
             store,
             cursors: Vec::new(),
             rr: 0,
@@ -202,6 +254,8 @@ impl Consumer {
             missed: 0,
             corrupt: 0,
             group_index,
+            group_word: 0,
+            reregister: true,
             last_touch_ns: 0,
         };
         let all: Vec<u32> = (0..topic.partitions()).collect();
@@ -242,6 +296,7 @@ impl Consumer {
         }
         self.cursors = cursors;
         self.rr = 0;
+        self.publish_starts();
         Ok(())
     }
 
@@ -271,6 +326,7 @@ impl Consumer {
         for i in 0..self.cursors.len() {
             self.cursors[i].next = self.resolve(self.cursors[i].partition, policy)?;
         }
+        self.publish_starts();
         Ok(())
     }
 
@@ -282,6 +338,11 @@ impl Consumer {
         let next = self.resolve(partition, policy)?;
         let c = self.cursor_mut(partition)?;
         c.next = next;
+        if let Some(g) = self.group_index {
+            if let Some(gp) = self.topic.inner.group(g).partitions.get(partition as usize) {
+                proto::publish_start(gp, next);
+            }
+        }
         Ok(())
     }
 
@@ -336,17 +397,32 @@ impl Consumer {
         // tick, a few ms) is plenty for that and costs ~4 ns instead of
         // ~34 ns per poll (see `os::coarse_now_ns`).
         let now = os::coarse_now_ns();
-        let every =
-            (self.topic.inner.config.dead_group_timeout.as_nanos() as u64 / 4).max(1_000_000);
+        let cfg = &self.topic.inner.config;
+        let mut span = cfg.dead_group_timeout;
+        if !cfg.group_retention.is_zero() {
+            span = span.min(cfg.group_retention);
+        }
+        let every = (span.as_nanos().min(u128::from(u64::MAX)) as u64 / 4).max(1_000_000);
         if now.saturating_sub(self.last_touch_ns) >= every {
             self.last_touch_ns = now;
             if let Some(g) = self.group_index {
-                self.topic
-                    .inner
-                    .group(g)
-                    .header
-                    .last_active_ns
-                    .fetch_max(now, Ordering::Relaxed);
+                let h = self.topic.inner.group(g).header;
+                h.last_active_ns.fetch_max(now, Ordering::Relaxed);
+                // SYNC POINT "free vs join": a group freed while this
+                // consumer was idle (past the group retention) is
+                // registered again.
+                if !proto::still_ready(&h.state, self.group_word) {
+                    if !self.reregister {
+                        return Err(Error::GroupDeleted {
+                            topic: self.topic.name().to_string(),
+                            group: self.group.clone(),
+                        });
+                    }
+                    let found = Table::of(&self.topic.inner).find_or_create(&self.group)?;
+                    self.group_index = Some(found.index);
+                    self.group_word = found.word;
+                    self.publish_starts();
+                }
             }
         }
         Ok(())

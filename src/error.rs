@@ -161,29 +161,47 @@ pub enum Error {
         /// Topic.
         topic: String,
     },
-    /// `try_send` on a full backpressure topic.
-    #[error("partition {partition} is full: the slowest consumer group is a whole ring behind")]
+    /// `try_send` on a full backpressure topic (or `send` past its timeout).
+    #[error("{}", full_message(*partition, group.as_deref(), *lag, *live_member, *releases_in))]
     Full {
         /// Partition.
         partition: u32,
+        /// The slowest group holding the writer back (`None` if unknown:
+        /// it let go while the error was being made).
+        group: Option<String>,
+        /// How many records that group is behind the writer on `partition`.
+        lag: u64,
+        /// Whether a member of that group is a live process (it then holds
+        /// the writer for as long as it lives).
+        live_member: bool,
+        /// With no live member: how long the group can still hold the
+        /// writer without a sign of life (its `dead_group_timeout` left).
+        releases_in: Option<std::time::Duration>,
     },
     /// A blocking call timed out.
     #[error("timed out")]
     Timeout,
-    /// The group table of the topic is full.
-    #[error("topic {topic:?} already has {capacity} consumer groups (the table's fixed capacity)")]
+    /// The group table of the topic is full (after freeing every group that
+    /// could be freed).
+    #[error("{}", group_table_full_message(topic, *capacity, *live, *idle, *retention))]
     GroupTableFull {
         /// Topic.
         topic: String,
-        /// Capacity.
+        /// Capacity (the topic's `max_groups`).
         capacity: u32,
+        /// Groups with a member that is a live process.
+        live: u32,
+        /// Groups without a live member, kept until idle for `retention`.
+        idle: u32,
+        /// The topic's group retention (zero = idle groups are never freed).
+        retention: std::time::Duration,
     },
     /// The member table of a group is full.
-    #[error("group {group:?} already has {capacity} members (the table's fixed capacity)")]
+    #[error("group {group:?} already has {capacity} members, all of them live processes or joining; stop a member, or create the topic with a larger --max-members (TopicConfig::max_members)")]
     MemberTableFull {
         /// Group.
         group: String,
-        /// Capacity.
+        /// Capacity (the topic's `max_members`).
         capacity: u32,
     },
     /// `/dev/shm` has no room.
@@ -205,6 +223,95 @@ pub enum Error {
     /// Any other OS failure.
     #[error(transparent)]
     Os(#[from] OsError),
+    /// No consumer group of that name on the topic.
+    #[error(
+        "topic {topic:?} has no consumer group {group:?} (`shmq group list {topic}` shows them)"
+    )]
+    GroupNotFound {
+        /// Topic.
+        topic: String,
+        /// Group.
+        group: String,
+    },
+    /// Deleting a group that still has live members.
+    #[error("group {group:?} of topic {topic:?} has live members (pids {pids:?}); stop them first, or delete with --force (they get an error at their next heartbeat or commit)")]
+    GroupBusy {
+        /// Topic.
+        topic: String,
+        /// Group.
+        group: String,
+        /// Pids of the live members.
+        pids: Vec<u32>,
+    },
+    /// The group this member or consumer belonged to was deleted.
+    #[error(
+        "consumer group {group:?} of topic {topic:?} was deleted; join it again to re-create it"
+    )]
+    GroupDeleted {
+        /// Topic.
+        topic: String,
+        /// Group.
+        group: String,
+    },
+    /// A commit on a reader that belongs to no group.
+    #[error("this consumer reads without a group (Consumer::reader) and has nothing to commit to; use Consumer::new(topic, group)")]
+    NoGroup,
+}
+
+fn fmt_dur(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        _ if ms >= 3_600_000 && ms % 3_600_000 == 0 => format!("{} h", ms / 3_600_000),
+        _ if ms >= 60_000 && ms % 60_000 == 0 => format!("{} min", ms / 60_000),
+        _ if ms >= 1_000 => format!("{:.1} s", d.as_secs_f64()),
+        _ => format!("{ms} ms"),
+    }
+}
+
+fn full_message(
+    partition: u32,
+    group: Option<&str>,
+    lag: u64,
+    live_member: bool,
+    releases_in: Option<std::time::Duration>,
+) -> String {
+    let Some(group) = group else {
+        return format!(
+            "partition {partition} is full: the slowest consumer group is a whole ring behind"
+        );
+    };
+    let hold = if live_member {
+        "a member of it is a live process, so it holds the writer until it commits, leaves or dies"
+            .to_string()
+    } else {
+        match releases_in {
+            Some(d) => format!(
+                "it has no live member and stops holding the writer in {} unless it shows a sign of life (dead_group_timeout)",
+                fmt_dur(d)
+            ),
+            None => "it has no live member and stops holding the writer shortly".to_string(),
+        }
+    };
+    format!(
+        "partition {partition} is full: consumer group {group:?} is {lag} records behind the writer; {hold}; `shmq group list` shows the groups, `shmq group delete` removes one"
+    )
+}
+
+fn group_table_full_message(
+    topic: &str,
+    capacity: u32,
+    live: u32,
+    idle: u32,
+    retention: std::time::Duration,
+) -> String {
+    let kept = if retention.is_zero() {
+        "never freed (group retention 0)".to_string()
+    } else {
+        format!("freed once idle for {}", fmt_dur(retention))
+    };
+    format!(
+        "topic {topic:?} has {capacity} consumer groups, its capacity: {live} with live members, {idle} without ({kept}); delete one with `shmq group delete {topic} GROUP`, or create the topic with a larger --max-groups (TopicConfig::max_groups)"
+    )
 }
 
 impl Error {

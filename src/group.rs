@@ -20,17 +20,21 @@
 //! not commit before losing a partition are delivered again to the next
 //! owner. The protocol itself is in `crate::group_protocol`.
 //!
-//! Capacities are fixed by the layout: [`crate::layout::GROUP_CAPACITY`]
-//! groups per topic ([`Error::GroupTableFull`]) and
-//! [`crate::layout::MEMBER_CAPACITY`] members per group
-//! ([`Error::MemberTableFull`]; entries of dead members are recycled).
+//! Capacities are set when the topic is created
+//! ([`crate::TopicConfig::max_groups`], default 16, [`Error::GroupTableFull`];
+//! [`crate::TopicConfig::max_members`], default 32,
+//! [`Error::MemberTableFull`]; entries of dead members are recycled). A group
+//! with no live member and no sign of life for the topic's
+//! [`crate::TopicConfig::group_retention`] is freed; [`ConsumerGroup::delete`]
+//! and [`Topic::delete_group`] free one at once. A member of a deleted group
+//! gets [`Error::GroupDeleted`] at its next heartbeat or commit.
 
 use std::time::{Duration, Instant};
 
 use crate::consumer::{Consumer, Cursor, Polled, Record, SeekPolicy};
 use crate::error::{Error, Result};
 use crate::group_protocol::{self as proto, Health, Me};
-use crate::group_table;
+use crate::group_table::Table;
 use crate::os;
 use crate::region::GroupView;
 use crate::ring;
@@ -116,6 +120,9 @@ pub(crate) struct Membership {
     pub(crate) topic: Topic,
     pub(crate) name: String,
     pub(crate) g: u32,
+    /// The group entry's READY word when we joined: another word means the
+    /// group was deleted (or freed) since.
+    pub(crate) gword: u64,
     pub(crate) index: usize,
     pub(crate) id: u64,
     pub(crate) role: u32,
@@ -132,41 +139,54 @@ impl Membership {
         if inner.reclaimed() {
             return Err(inner.expired());
         }
-        let g = group_table::find_or_create(inner, group)?;
-        let view = inner.group(g);
-        // First setter wins, so every member judges staleness alike.
-        let effective = match view.header.stale_ms.compare_exchange(
-            0,
-            stale_ms,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => stale_ms,
-            Err(0) => stale_ms,
-            Err(theirs) => theirs.max(MIN_STALE_AFTER.as_millis() as u32),
-        };
-        let stale_ns = u64::from(effective) * 1_000_000;
-        let every_ns = opts
-            .rebalance_every
-            .map_or(stale_ns / 4, |d| {
-                d.as_nanos().min(u128::from(u64::MAX)) as u64
-            })
-            .min(stale_ns / 2)
-            .max(1_000_000);
         let mut m = Membership {
             topic: topic.clone(),
             name: group.to_string(),
-            g,
+            g: 0,
+            gword: 0,
             index: 0,
             id: 0,
             role,
-            stale_ns,
-            every_ns,
+            stale_ns: 0,
+            every_ns: 0,
             active: false,
             rejoins: 0,
         };
-        m.take_entry()?;
-        Ok(m)
+        // A group being freed at this very moment (retention, delete) is
+        // noticed by `take_entry` and created anew.
+        let mut tries = 0;
+        loop {
+            let found = Table::of(inner).find_or_create(group)?;
+            m.g = found.index;
+            m.gword = found.word;
+            let view = inner.group(m.g);
+            // First setter wins, so every member judges staleness alike.
+            let effective = match view.header.stale_ms.compare_exchange(
+                0,
+                stale_ms,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => stale_ms,
+                Err(0) => stale_ms,
+                Err(theirs) => theirs.max(MIN_STALE_AFTER.as_millis() as u32),
+            };
+            m.stale_ns = u64::from(effective) * 1_000_000;
+            m.every_ns = opts
+                .rebalance_every
+                .map_or(m.stale_ns / 4, |d| {
+                    d.as_nanos().min(u128::from(u64::MAX)) as u64
+                })
+                .min(m.stale_ns / 2)
+                .max(1_000_000);
+            match m.take_entry() {
+                Err(Error::GroupDeleted { .. }) if tries < 8 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                r => return r.map(|()| m),
+            }
+        }
     }
 
     pub(crate) fn inner(&self) -> &TopicInner {
@@ -195,16 +215,40 @@ impl Membership {
             joined = proto::join(view.members, token, os::pid(), self.role, os::now_ns());
         }
         let Some((index, id)) = joined else {
+            self.check_group()?;
             return Err(Error::MemberTableFull {
                 group: self.name.clone(),
                 capacity: view.members.len() as u32,
             });
         };
+        // SYNC POINT "free vs join": a freer that did not see our entry is
+        // seen here, and we back out.
+        if !proto::still_ready(&view.header.state, self.gword) {
+            proto::leave(view.members, view.partitions, index, id);
+            return Err(self.deleted());
+        }
         self.index = index;
         self.id = id;
         self.active = true;
         self.touch(os::now_ns());
         Ok(())
+    }
+
+    fn deleted(&self) -> Error {
+        Error::GroupDeleted {
+            topic: self.topic.name().to_string(),
+            group: self.name.clone(),
+        }
+    }
+
+    /// [`Error::GroupDeleted`] if the group entry no longer holds the word we
+    /// joined (deleted, or freed and reused).
+    pub(crate) fn check_group(&self) -> Result<()> {
+        if self.view().header.state.load(Ordering::Acquire) == self.gword {
+            Ok(())
+        } else {
+            Err(self.deleted())
+        }
     }
 
     /// Mark the group alive (for backpressure) as of `now`.
@@ -230,6 +274,7 @@ impl Membership {
             return Err(inner.expired());
         }
         let now = os::now_ns();
+        self.check_group()?;
         if !self.active {
             self.take_entry()?;
             return Ok(true);
@@ -420,6 +465,7 @@ impl ConsumerGroup {
     /// [`Error::NoSuchPartition`].
     pub fn commit(&self, partition: u32, next_offset: u64) -> Result<bool> {
         self.m.topic.inner.partition(partition)?;
+        self.m.check_group()?;
         if !self.owns(partition) {
             return Ok(false);
         }
@@ -449,6 +495,17 @@ impl ConsumerGroup {
     pub fn leave(&mut self) {
         self.m.leave();
         self.owned.clear();
+    }
+
+    /// Leave, then delete the group: its entry, committed offsets and
+    /// counters are freed at once.
+    ///
+    /// # Errors
+    /// [`Error::GroupBusy`] if another member is a live process (see
+    /// [`Topic::delete_group`] to force it), [`Error::GroupNotFound`].
+    pub fn delete(mut self) -> Result<()> {
+        self.leave();
+        self.m.topic.delete_group(&self.m.name, false)
     }
 
     /// A consumer driven by this membership.
@@ -515,7 +572,16 @@ impl GroupConsumer {
     }
 
     fn from_group(group: ConsumerGroup) -> Result<GroupConsumer> {
-        let mut consumer = Consumer::new(group.topic(), group.name())?;
+        // Its polls are the group's signs of life, but a deleted group must
+        // not be re-created by a poll: the membership's group word decides.
+        let mut consumer = Consumer::with_store(
+            group.topic(),
+            group.name(),
+            Box::new(crate::offset::ShmOffsetStore),
+        )?;
+        consumer.group_index = Some(group.m.g);
+        consumer.group_word = group.m.gword;
+        consumer.reregister = false;
         consumer.cursors.clear();
         consumer.rr = 0;
         let mut gc = GroupConsumer { group, consumer };
@@ -571,7 +637,13 @@ impl GroupConsumer {
                         .checked_sub(1)
                     {
                         Some(o) => o,
-                        None => ring::earliest(part.header(), part.geo),
+                        None => {
+                            // Never committed: hold a backpressure writer from
+                            // here, not from offset 0.
+                            let start = ring::earliest(part.header(), part.geo);
+                            proto::publish_start(&view.partitions[p as usize], start);
+                            start
+                        }
                     };
                     Cursor::at(p, next)
                 }
@@ -591,6 +663,7 @@ impl GroupConsumer {
     }
 
     fn maintain(&mut self) -> Result<()> {
+        self.group.m.check_group()?;
         let now = os::now_ns();
         if now.saturating_sub(self.group.last_claim_ns) >= self.group.m.every_ns
             || !self.group.m.active

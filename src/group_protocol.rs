@@ -69,13 +69,46 @@
 //! # Backpressure
 //!
 //! [`write_limit`]: the writer may write offset `o` only while
-//! `o < min(committed of every holding group) + slots`. It loads each
-//! `committed` with Acquire — SYNC POINT "commit", paired with the Release of
-//! a commit — so a slot is overwritten only after every holding group's
-//! reader finished copying it out.
+//! `o < min(floor of every holding group) + slots`. A group's floor
+//! ([`committed_floor`]) is its committed offset; before its first commit,
+//! where its readers started (`GroupPartition::start`, published by every
+//! seek), or the competing consumers' shared cursor; `0` only if none of
+//! these exists. It loads each word with Acquire — SYNC POINT "commit",
+//! paired with the Release of a commit — so a slot is overwritten only after
+//! every holding group's reader finished copying it out.
+//!
+//! # Group entry (`GroupHeader::state`)
+//!
+//! ```text
+//!  bits 63 .. 32     31 .. 8        7 .. 0
+//!  +---------------+--------------+---------+
+//!  | token         | generation   | state   |   FREE 0, INIT 1, READY 2, FREEING 3
+//!  +---------------+--------------+---------+
+//! ```
+//!
+//! * **create**: CAS a FREE word `(0, g, FREE)` to `(me, g + 1, INIT)`
+//!   ([`claim_entry`]); the entry's other fields are the creator's alone; it
+//!   fills them and CASes to `(0, g + 1, READY)` with Release
+//!   ([`publish_entry`]) — SYNC POINT "group ready".
+//! * **recover**: an INIT or FREEING word whose token is dead belongs to a
+//!   process that died half-way. The next finder (or the supervisor) CASes
+//!   that exact word: an abandoned INIT is taken over by a creator at once
+//!   ([`claim_entry`] accepts it), or freed ([`recover_entry`]); an
+//!   abandoned FREEING is freed. One CAS from the word judged, so of several
+//!   recoverers exactly one wins, and a creator that is alive after all
+//!   (its token was judged dead wrongly: impossible with kernel-held
+//!   tokens) fails its publishing CAS instead of sharing the entry.
+//! * **free** (delete, retention): CAS `(0, g, READY)` to
+//!   `(me, g, FREEING)` ([`begin_free`]); a SeqCst fence; then look at the
+//!   members and the last sign of life. A joiner does the mirror image:
+//!   CAS its member entry, SeqCst fence, re-load the group word
+//!   ([`still_ready`]). SYNC POINT "free vs join": of the two, at least one
+//!   sees the other (no store buffering across the fences), so either the
+//!   freer sees the new member and puts READY back ([`abort_free`]), or the
+//!   joiner sees FREEING and backs out. Then `(0, g, FREE)` ([`finish_free`]).
 
-use crate::layout::{GroupPartition, MemberEntry};
-use crate::sync::{fence, Ordering};
+use crate::layout::{group_state, GroupPartition, MemberEntry};
+use crate::sync::{fence, AtomicU64, Ordering};
 
 /// Bit 63 of a member id: the entry is being initialised (or is an adopted
 /// competing batch, see [`adopt`]).
@@ -700,10 +733,164 @@ pub fn abandon_adopted(m: &MemberEntry, adopted: Adopted) {
 }
 
 /// The offset below which one group lets the writer overwrite: its committed
-/// offset (`0` if it never committed).
+/// offset; if it never committed, where its readers started (their seek
+/// position) or the competing consumers' shared cursor; `0` if none.
 pub fn committed_floor(gp: &GroupPartition) -> u64 {
     // SYNC POINT "commit": pairs with the Release of a commit.
-    gp.committed.load(Ordering::Acquire).saturating_sub(1)
+    let committed = gp.committed.load(Ordering::Acquire);
+    if committed != 0 {
+        return committed - 1;
+    }
+    let start = gp.start.load(Ordering::Acquire);
+    if start != 0 {
+        return start - 1;
+    }
+    gp.next.load(Ordering::Acquire).saturating_sub(1)
+}
+
+/// Publish where a reader of the group starts on `gp` (`offset` is its next
+/// offset): the group's backpressure floor until its first commit.
+pub fn publish_start(gp: &GroupPartition, offset: u64) {
+    gp.start.store(offset.saturating_add(1), Ordering::Release);
+}
+
+// ---- group entries (`GroupHeader::state`) ----
+
+const ENTRY_GEN_MASK: u64 = 0xFF_FFFF;
+
+/// A group entry word.
+pub fn entry_word(state: u64, generation: u32, token: u32) -> u64 {
+    (u64::from(token) << 32) | ((u64::from(generation) & ENTRY_GEN_MASK) << 8) | (state & 0xFF)
+}
+
+/// The state of an entry word ([`group_state`]).
+pub fn entry_state(word: u64) -> u64 {
+    word & 0xFF
+}
+
+/// The generation of an entry word.
+pub fn entry_generation(word: u64) -> u32 {
+    ((word >> 8) & ENTRY_GEN_MASK) as u32
+}
+
+/// The token of the process creating (INIT) or freeing (FREEING) the entry.
+pub fn entry_token(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+/// How an entry word looks to a finder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryHealth {
+    /// Free: may be claimed.
+    Free,
+    /// A usable group.
+    Ready,
+    /// Being created or freed by a live process: wait a little.
+    Settling,
+    /// INIT or FREEING by a dead process (or an unknown state): recover it.
+    Abandoned,
+}
+
+/// Judge an entry word; `token_alive` answers from kernel-held liveness.
+pub fn entry_health(word: u64, token_alive: &mut impl FnMut(u32) -> bool) -> EntryHealth {
+    match entry_state(word) {
+        group_state::FREE => EntryHealth::Free,
+        group_state::READY => EntryHealth::Ready,
+        group_state::INIT | group_state::FREEING => {
+            let t = entry_token(word);
+            if t != 0 && token_alive(t) {
+                EntryHealth::Settling
+            } else {
+                EntryHealth::Abandoned
+            }
+        }
+        _ => EntryHealth::Abandoned,
+    }
+}
+
+fn next_entry_generation(word: u64) -> u32 {
+    match (u64::from(entry_generation(word)) + 1) & ENTRY_GEN_MASK {
+        0 => 1,
+        g => g as u32,
+    }
+}
+
+/// Claim the entry for creation by `token`, from the word `seen`, which the
+/// caller judged [`EntryHealth::Free`] or [`EntryHealth::Abandoned`] INIT
+/// (a crashed creator's entry is taken over in place). Returns the INIT
+/// word now held, or `None` if another process changed the entry first.
+pub fn claim_entry(state: &AtomicU64, seen: u64, token: u32) -> Option<u64> {
+    let init = entry_word(group_state::INIT, next_entry_generation(seen), token);
+    state
+        .compare_exchange(seen, init, Ordering::AcqRel, Ordering::Relaxed)
+        .ok()
+        .map(|_| init)
+}
+
+/// Publish a filled entry: INIT -> READY. SYNC POINT "group ready": Release
+/// makes the name and reset fields visible to a finder that loads READY
+/// with Acquire. Returns the READY word, or `None` if the entry was
+/// recovered under us (we were judged dead).
+pub fn publish_entry(state: &AtomicU64, init: u64) -> Option<u64> {
+    let ready = entry_word(group_state::READY, entry_generation(init), 0);
+    state
+        .compare_exchange(init, ready, Ordering::AcqRel, Ordering::Relaxed)
+        .ok()
+        .map(|_| ready)
+}
+
+/// Free an abandoned INIT or FREEING entry whose word was `seen`. Returns
+/// whether this call freed it (of several recoverers, one wins).
+pub fn recover_entry(state: &AtomicU64, seen: u64) -> bool {
+    let free = entry_word(group_state::FREE, entry_generation(seen), 0);
+    state
+        .compare_exchange(seen, free, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// Start freeing a READY group whose word was `ready`: READY -> FREEING by
+/// `token`, then a SeqCst fence (SYNC POINT "free vs join"). Returns the
+/// FREEING word, or `None` if the entry changed. The caller then checks the
+/// members and activity and ends with [`finish_free`] or [`abort_free`].
+pub fn begin_free(state: &AtomicU64, ready: u64, token: u32) -> Option<u64> {
+    let freeing = entry_word(group_state::FREEING, entry_generation(ready), token);
+    state
+        .compare_exchange(ready, freeing, Ordering::AcqRel, Ordering::Relaxed)
+        .ok()?;
+    fence(Ordering::SeqCst);
+    Some(freeing)
+}
+
+/// Complete a free begun with [`begin_free`]: FREEING -> FREE (generation
+/// kept; the next creator bumps it).
+pub fn finish_free(state: &AtomicU64, freeing: u64) -> bool {
+    recover_entry(state, freeing)
+}
+
+/// Give up a free begun with [`begin_free`] (a member joined, or the group
+/// showed a sign of life): FREEING -> READY.
+pub fn abort_free(state: &AtomicU64, freeing: u64) -> bool {
+    let ready = entry_word(group_state::READY, entry_generation(freeing), 0);
+    state
+        .compare_exchange(freeing, ready, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// After joining (or committing): whether the group entry still holds the
+/// READY word `ready`. A SeqCst fence first (SYNC POINT "free vs join"): a
+/// `false` means a freer may not have seen our entry, so back out.
+pub fn still_ready(state: &AtomicU64, ready: u64) -> bool {
+    fence(Ordering::SeqCst);
+    state.load(Ordering::Acquire) == ready
+}
+
+/// Whether any member entry is held by a live process (`token_alive`), as
+/// a freer judges it after [`begin_free`].
+pub fn any_live_member(members: &[MemberEntry], token_alive: &mut impl FnMut(u32) -> bool) -> bool {
+    members.iter().any(|m| {
+        let t = token_of(m.id.load(Ordering::Acquire));
+        t != 0 && token_alive(t)
+    })
 }
 
 /// The first offset a writer of a ring of `slots` may not write yet, given
@@ -911,6 +1098,50 @@ mod tests {
         )
         .unwrap();
         assert!(out.owned.is_empty());
+    }
+
+    #[test]
+    fn floor_falls_back_to_the_start_then_the_shared_cursor() {
+        let gp = GroupPartition::new();
+        assert_eq!(committed_floor(&gp), 0);
+        gp.next.store(8, Ordering::Relaxed);
+        assert_eq!(committed_floor(&gp), 7);
+        publish_start(&gp, 40);
+        assert_eq!(committed_floor(&gp), 40);
+        advance_committed(&gp, 12);
+        assert_eq!(committed_floor(&gp), 12, "a commit wins over the start");
+    }
+
+    #[test]
+    fn entry_words_round_trip_and_recover() {
+        let w = entry_word(group_state::INIT, 5, 0xdead_beef);
+        assert_eq!(entry_state(w), group_state::INIT);
+        assert_eq!(entry_generation(w), 5);
+        assert_eq!(entry_token(w), 0xdead_beef);
+        let state = AtomicU64::new(0);
+        let init = claim_entry(&state, 0, 7).unwrap();
+        assert_eq!(entry_health(init, &mut |_| true), EntryHealth::Settling);
+        assert_eq!(entry_health(init, &mut |_| false), EntryHealth::Abandoned);
+        // A crashed creator's entry is taken over in place, once.
+        let mine = claim_entry(&state, init, 8).unwrap();
+        assert!(claim_entry(&state, init, 9).is_none());
+        assert!(
+            publish_entry(&state, init).is_none(),
+            "the dead creator lost it"
+        );
+        let ready = publish_entry(&state, mine).unwrap();
+        assert_eq!(entry_health(ready, &mut |_| false), EntryHealth::Ready);
+        // Free: refused while a member lives, done otherwise.
+        let f = begin_free(&state, ready, 8).unwrap();
+        assert!(!still_ready(&state, ready));
+        assert!(abort_free(&state, f));
+        assert!(still_ready(&state, ready));
+        let f = begin_free(&state, ready, 8).unwrap();
+        assert!(finish_free(&state, f));
+        let free = state.load(Ordering::Relaxed);
+        assert_eq!(entry_health(free, &mut |_| true), EntryHealth::Free);
+        let again = claim_entry(&state, free, 9).unwrap();
+        assert_ne!(entry_generation(again), entry_generation(ready));
     }
 
     #[test]

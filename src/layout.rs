@@ -59,7 +59,8 @@
 //!        | magic (atomic) | version | kind | partitions | overflow | slots | slot_size |  IDENTITY
 //!        | retention_ns | mode | group_cap | member_cap | dead_group_ms                  |
 //!  0x040 +-------------------------------------------------------------------------------+
-//!        | expiry (atomic) | ttl_ns | created_ns | region_len | notify (u32 futex) | pad  |  CONTROL
+//!        | expiry (atomic) | ttl_ns | created_ns | region_len | notify (u32 futex) |      |  CONTROL
+//!        | group_retention_ms (u32, 0 = never) | pad                                     |
 //!  0x080 +===============================================================================+
 //!        | group 0: GroupHeader (64 B)                                                   |
 //!        |          members[member_cap]        (64 B each: MemberEntry)                  |
@@ -71,9 +72,13 @@
 //!        0               8       12      16                                      56      64
 //!        +---------------+-------+-------+---------------------------------------+-------+
 //!        | state (atomic)|name_  |stale_ | name [40 bytes]                       |last_  |
-//!        | 0 free 1 init |len u32|ms atm |                                       |active |
-//!        | 2 ready       |       |(0=unset)                                      |ns atm |
+//!        | token<<32 |   |len u32|ms atm |                                       |active |
+//!        | gen<<8 | st   |       |(0=unset)                                      |ns atm |
 //!        +---------------+-------+-------+---------------------------------------+-------+
+//!        state word: bits 0..8 state (0 free, 1 init, 2 ready, 3 freeing),
+//!        bits 8..32 generation (bumped by every FREE -> INIT), bits 32..64
+//!        the liveness token of the process creating (INIT) or freeing
+//!        (FREEING) the entry, 0 otherwise (see `group_protocol`).
 //!  MemberEntry
 //!        0               8               16      20      24              32              40            64
 //!        +---------------+---------------+-------+-------+---------------+---------------+-------------+
@@ -83,14 +88,15 @@
 //!        | = free        |               |       | p+1   | idle          |               |             |
 //!        +---------------+---------------+-------+-------+---------------+---------------+-------------+
 //!  GroupPartition
-//!        0               8               16              24              32              40            64
-//!        +---------------+---------------+---------------+---------------+---------------+-------------+
-//!        | committed     | owner (atomic)| next (atomic) | nacks         | dead_lettered | (pad 24)    |
-//!        | next+1, 0=none| gen<<32|idx+1 | next+1, 0=    | (atomic)      | (atomic)      |             |
-//!        | (atomic)      | 0 free, low   | unset         |               |               |             |
-//!        |               | 0xFFFFFFFF=   | (competing    |               |               |             |
-//!        |               | shared        |  consumers)   |               |               |             |
-//!        +---------------+---------------+---------------+---------------+---------------+-------------+
+//!        0               8               16              24              32              40              48        64
+//!        +---------------+---------------+---------------+---------------+---------------+---------------+---------+
+//!        | committed     | owner (atomic)| next (atomic) | nacks         | dead_lettered | start (atomic)| (pad 16)|
+//!        | next+1, 0=none| gen<<32|idx+1 | next+1, 0=    | (atomic)      | (atomic)      | seek pos + 1, |         |
+//!        | (atomic)      | 0 free, low   | unset         |               |               | 0 = none      |         |
+//!        |               | 0xFFFFFFFF=   | (competing    |               |               | (backpressure |         |
+//!        |               | shared        |  consumers)   |               |               |  floor before |         |
+//!        |               |               |               |               |               |  a commit)    |         |
+//!        +---------------+---------------+---------------+---------------+---------------+---------------+---------+
 //! ```
 //!
 //! Compile-time asserts at the bottom of this file keep the diagrams honest.
@@ -100,7 +106,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMQRING"` read as a little-endian `u64`; marks a fully initialised region.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQRING");
 /// Version of this layout. Bump it on any change to a struct in this file.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Region kind stored in the identity line.
 pub const KIND_PARTITION: u32 = 1;
@@ -124,10 +130,14 @@ pub const HAS_KEY: u32 = 1 << 31;
 
 /// Largest partition count a topic may have.
 pub const MAX_PARTITIONS: u32 = 256;
-/// Consumer groups per topic (fixed capacity of the group table).
+/// Default capacity of a topic's group table (`TopicConfig::max_groups`).
 pub const GROUP_CAPACITY: u32 = 16;
-/// Members per consumer group (fixed capacity of the member table).
+/// Default capacity of a group's member table (`TopicConfig::max_members`).
 pub const MEMBER_CAPACITY: u32 = 32;
+/// Largest group table a topic may be created with.
+pub const MAX_GROUP_CAPACITY: u32 = 1024;
+/// Largest member table a topic may be created with.
+pub const MAX_MEMBER_CAPACITY: u32 = 1024;
 /// Longest group name in bytes.
 pub const GROUP_NAME_MAX: usize = 40;
 
@@ -229,7 +239,9 @@ pub struct MetaHeader {
     /// Futex word readers of any partition park on; a writer bumps it and
     /// wakes them when its partition's `waiters` is non-zero.
     pub notify: AtomicU32,
-    _pad1a: u32,
+    /// How long a consumer group with no live member and no sign of life is
+    /// kept before it is freed, in milliseconds; `0` = never.
+    pub group_retention_ms: u32,
     _pad1: [u64; 3],
 }
 
@@ -237,7 +249,11 @@ pub struct MetaHeader {
 /// table and its per-partition lines.
 #[repr(C)]
 pub struct GroupHeader {
-    /// `0` free, `1` being initialised by the process that claimed it, `2` ready.
+    /// `token << 32 | generation << 8 | state`: state [`group_state`] `FREE`,
+    /// `INIT` (being created by the process holding `token`), `READY`, or
+    /// `FREEING` (being freed by the process holding `token`); the
+    /// generation grows at every `FREE -> INIT`, so a process that cached
+    /// the word notices when its group was deleted and the entry reused.
     pub state: AtomicU64,
     /// Length of `name` in bytes (at most [`GROUP_NAME_MAX`]).
     pub name_len: u32,
@@ -250,7 +266,7 @@ pub struct GroupHeader {
     pub last_active_ns: AtomicU64,
 }
 
-/// Group state values.
+/// Group state values (the low byte of `GroupHeader::state`).
 pub mod group_state {
     /// Slot free.
     pub const FREE: u64 = 0;
@@ -258,6 +274,8 @@ pub mod group_state {
     pub const INIT: u64 = 1;
     /// Name valid; usable.
     pub const READY: u64 = 2;
+    /// Being freed (deleted, or retention expired): no new member may join.
+    pub const FREEING: u64 = 3;
 }
 
 /// One member of a consumer group (64 bytes). See `crate::group_protocol`
@@ -300,7 +318,10 @@ pub struct GroupPartition {
     pub nacks: AtomicU64,
     /// Messages routed to the dead-letter topic from this partition.
     pub dead_lettered: AtomicU64,
-    _pad: [u64; 3],
+    /// Where the group's readers started (seek position plus one; `0` =
+    /// none): the backpressure floor of a group that has not committed yet.
+    pub start: AtomicU64,
+    _pad: [u64; 2],
 }
 
 impl MemberEntry {
@@ -335,7 +356,8 @@ impl GroupPartition {
             next: AtomicU64::new(0),
             nacks: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
-            _pad: [0; 3],
+            start: AtomicU64::new(0),
+            _pad: [0; 2],
         }
     }
 }
@@ -411,6 +433,9 @@ mod asserts {
     const _: () = assert!(offset_of!(GroupPartition, owner) == 0x08);
     const _: () = assert!(offset_of!(GroupPartition, next) == 0x10);
     const _: () = assert!(offset_of!(GroupPartition, dead_lettered) == 0x20);
+    const _: () = assert!(offset_of!(GroupPartition, start) == 0x28);
+    const _: () = assert!(offset_of!(MetaHeader, group_retention_ms) == 0x64);
+    const _: () = assert!(offset_of!(GroupHeader, name) == 0x10);
     const _: () = assert!(size_of::<MemberEntry>() == LINE);
     const _: () = assert!(size_of::<GroupPartition>() == LINE);
     const _: () = assert!(SLOT_HEADER == 24);
@@ -529,8 +554,18 @@ impl MetaHeader {
             lease: Lease::new(now_ns, retention_ns),
             created_ns: now_ns,
             notify: AtomicU32::new(0),
-            _pad1a: 0,
+            group_retention_ms: 0,
             _pad1: [0; 3],
         }
+    }
+
+    /// Set the group table's shape (capacities) and the group retention
+    /// (`0` = never), recomputing `region_len`.
+    pub fn with_groups(mut self, group_cap: u32, member_cap: u32, retention_ms: u32) -> Self {
+        self.group_cap = group_cap;
+        self.member_cap = member_cap;
+        self.group_retention_ms = retention_ms;
+        self.region_len = meta_region_len(self.partitions, group_cap, member_cap) as u64;
+        self
     }
 }

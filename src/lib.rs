@@ -108,7 +108,9 @@ pub use renewal::{RenewalManager, RenewalPolicy};
 #[cfg(not(loom))]
 pub use ring::RecordBuf;
 #[cfg(not(loom))]
-pub use stats::{GroupPartitionStats, GroupStats, PartitionStats, TopicStats, WriterInfo};
+pub use stats::{
+    GroupPartitionStats, GroupStats, MemberStats, PartitionStats, TopicStats, WriterInfo,
+};
 #[cfg(not(loom))]
 pub use topic::{Topic, TopicManager, NAMESPACE_ENV};
 #[cfg(not(loom))]

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::Result;
-use crate::group_table;
+use crate::group_protocol as proto;
+use crate::group_table::{self, Table};
 use crate::sync::Ordering;
 use crate::topic::Topic;
 
@@ -81,16 +82,38 @@ impl OffsetStore for ShmOffsetStore {
     fn commit(&self, topic: &Topic, group: &str, partition: u32, next_offset: u64) -> Result<()> {
         let inner = &topic.inner;
         inner.partition(partition)?;
-        let g = group_table::find_or_create(inner, group)?;
-        let view = inner.group(g);
-        // SYNC POINT "commit": Release pairs with the Acquire loads of
-        // `load` and of the backpressure check.
-        view.partitions[partition as usize]
-            .committed
-            .store(next_offset.saturating_add(1), Ordering::Release);
-        view.header
-            .last_active_ns
-            .store(crate::os::now_ns(), Ordering::Relaxed);
+        let table = Table::of(inner);
+        for _ in 0..4 {
+            let found = table.find_or_create(group)?;
+            let view = inner.group(found.index);
+            // SYNC POINT "commit": Release pairs with the Acquire loads of
+            // `load` and of the backpressure check.
+            view.partitions[partition as usize]
+                .committed
+                .store(next_offset.saturating_add(1), Ordering::Release);
+            view.header
+                .last_active_ns
+                .fetch_max(crate::os::now_ns(), Ordering::Relaxed);
+            // SYNC POINT "free vs join": a group freed at this moment
+            // (retention) did not keep the commit; store it in the new one.
+            if proto::still_ready(&view.header.state, found.word) {
+                return Ok(());
+            }
+        }
         Ok(())
+    }
+}
+
+/// The store of a reader without a group ([`crate::Consumer::reader`]):
+/// nothing committed, and committing is an error.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct NoGroupStore;
+
+impl OffsetStore for NoGroupStore {
+    fn load(&self, _: &Topic, _: &str, _: u32) -> Result<Option<u64>> {
+        Ok(None)
+    }
+    fn commit(&self, _: &Topic, _: &str, _: u32, _: u64) -> Result<()> {
+        Err(crate::error::Error::NoGroup)
     }
 }

@@ -15,6 +15,11 @@
 //!   reclaimed half-way) are marked and unlinked. The meta region is created
 //!   first and removed last, so a partition without meta is never part of a
 //!   topic being created.
+//! * **consumer groups** of live topics: an entry left half-made by a process
+//!   that died creating or freeing it is freed, and so is a group with no
+//!   live member and no sign of life for the topic's group retention
+//!   (`TopicConfig::group_retention`; see `crate::group_table`). Not in a
+//!   dry run.
 //! * **liveness tokens** of dead processes (file present, lock free) are removed.
 //! * **malformed** files named like regions (wrong magic, version, size) are
 //!   reported and left alone, unless `force` is set.
@@ -25,6 +30,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::group_table;
 use crate::layout::{KIND_META, KIND_PARTITION};
 use crate::lease::{self, Reclaim};
 use crate::name::{self, RegionName};
@@ -84,6 +90,19 @@ pub enum ReapAction {
         /// Pid recorded in it.
         pid: u32,
     },
+    /// A consumer-group entry freed in a live topic: abandoned half-made
+    /// (`idle_for` is `None`), or idle past the group retention with no live
+    /// member.
+    FreedGroup {
+        /// Topic name.
+        topic: String,
+        /// Group name (empty for an entry abandoned while being created).
+        group: String,
+        /// Entry index in the group table.
+        index: u32,
+        /// How long the group had shown no sign of life.
+        idle_for: Option<Duration>,
+    },
     /// A malformed file named like a region: reported, and removed only with
     /// `force`.
     Malformed {
@@ -98,7 +117,7 @@ pub enum ReapAction {
 
 impl ReapAction {
     /// Short machine-readable kind (`reclaimed_topic`, `removed_reclaimed`,
-    /// `removed_orphan`, `removed_dead_token`, `malformed`).
+    /// `removed_orphan`, `removed_dead_token`, `malformed`, `freed_group`).
     pub fn kind(&self) -> &'static str {
         match self {
             ReapAction::ReclaimedTopic { .. } => "reclaimed_topic",
@@ -106,6 +125,7 @@ impl ReapAction {
             ReapAction::RemovedOrphan { .. } => "removed_orphan",
             ReapAction::RemovedDeadToken { .. } => "removed_dead_token",
             ReapAction::Malformed { .. } => "malformed",
+            ReapAction::FreedGroup { .. } => "freed_group",
         }
     }
 }
@@ -132,6 +152,22 @@ impl std::fmt::Display for ReapAction {
             ReapAction::RemovedDeadToken { file, pid } => {
                 write!(f, "removed {file}: liveness token of dead process {pid}")
             }
+            ReapAction::FreedGroup {
+                topic,
+                group,
+                index,
+                idle_for,
+            } => match idle_for {
+                Some(d) => write!(
+                    f,
+                    "freed consumer group {group:?} of topic {topic:?}: no live member, idle {:.1}s (group retention)",
+                    d.as_secs_f64()
+                ),
+                None => write!(
+                    f,
+                    "freed group entry {index} of topic {topic:?}: its creator died half-way"
+                ),
+            },
             ReapAction::Malformed {
                 file,
                 problem,
@@ -296,6 +332,9 @@ fn reap_topic(
     match decision {
         Reclaim::Alive(_) => {
             report.live_topics += 1;
+            if !opts.dry_run {
+                sweep_groups(ns, topic, &meta, now, report);
+            }
             return;
         }
         Reclaim::Reclaimed | Reclaim::AlreadyReclaimed => {
@@ -325,5 +364,31 @@ fn reap_topic(
                 report.actions.push(ReapAction::RemovedReclaimed { region });
             }
         }
+    }
+}
+
+/// Free the abandoned and retention-expired consumer groups of a live topic.
+fn sweep_groups(ns: &str, topic: &str, meta: &Region, now: u64, report: &mut ReapReport) {
+    let Ok(geo) = meta.meta_geometry() else {
+        return;
+    };
+    let table = group_table::Table {
+        meta,
+        geo,
+        ns,
+        topic,
+        me: 0,
+        retention_ns: u64::from(meta.meta_header().group_retention_ms) * 1_000_000,
+    };
+    for f in group_table::sweep(&table, now) {
+        report.actions.push(ReapAction::FreedGroup {
+            topic: topic.to_string(),
+            group: f.name,
+            index: f.index,
+            idle_for: match f.reason {
+                group_table::FreedReason::Abandoned => None,
+                group_table::FreedReason::Retention { idle } => Some(idle),
+            },
+        });
     }
 }

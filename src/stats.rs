@@ -71,6 +71,23 @@ pub struct GroupStats {
     pub last_active_ns: u64,
     /// Per partition.
     pub partitions: Vec<GroupPartitionStats>,
+    /// The registered members.
+    pub member_list: Vec<MemberStats>,
+}
+
+/// One registered member of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStats {
+    /// Index in the member table.
+    pub index: u32,
+    /// Process id (informational).
+    pub pid: u32,
+    /// Whether its liveness token is held (the process is alive).
+    pub alive: bool,
+    /// Unix ns of its last heartbeat.
+    pub heartbeat_ns: u64,
+    /// `None` = claims whole partitions; `Some(p)` = competing consumer of `p`.
+    pub competing: Option<u32>,
 }
 
 /// A snapshot of a topic's shared state.
@@ -128,13 +145,22 @@ impl Topic {
             let view = inner.group(g);
             let mut members = 0;
             let mut live_members = 0;
-            for m in view.members {
+            let mut member_list = Vec::new();
+            for (i, m) in view.members.iter().enumerate() {
                 let tok = m.id.load(Ordering::Acquire) as u32;
                 if tok != 0 {
                     members += 1;
-                    if matches!(token::probe(&inner.ns, tok), Liveness::Alive { .. }) {
+                    let alive = matches!(token::probe(&inner.ns, tok), Liveness::Alive { .. });
+                    if alive {
                         live_members += 1;
                     }
+                    member_list.push(MemberStats {
+                        index: i as u32,
+                        pid: m.pid.load(Ordering::Relaxed),
+                        alive,
+                        heartbeat_ns: m.heartbeat_ns.load(Ordering::Relaxed),
+                        competing: m.role.load(Ordering::Relaxed).checked_sub(1),
+                    });
                 }
             }
             let parts = view
@@ -158,6 +184,7 @@ impl Topic {
                 live_members,
                 last_active_ns: view.header.last_active_ns.load(Ordering::Relaxed),
                 partitions: parts,
+                member_list,
             });
         }
         Ok(TopicStats {

@@ -97,6 +97,11 @@ impl TopicManager {
             config.mode,
             config.dead_group_timeout.as_millis() as u32,
             now,
+        )
+        .with_groups(
+            config.max_groups,
+            config.max_members,
+            config.group_retention.as_millis() as u32,
         );
         let meta = Region::create_meta(&meta_name, header, config.mode).map_err(|e| match e {
             Error::Os(os) if os.errno == nix::errno::Errno::EEXIST => Error::TopicExists {
@@ -186,6 +191,9 @@ impl TopicManager {
             overflow,
             mode: h.mode,
             dead_group_timeout: Duration::from_millis(u64::from(h.dead_group_ms)),
+            group_retention: Duration::from_millis(u64::from(h.group_retention_ms)),
+            max_groups: meta_geo.group_cap,
+            max_members: meta_geo.member_cap,
         };
         let geo = Geometry::new(config.slots, config.slot_size).ok_or_else(|| {
             bad(RegionProblem::BadGeometry(format!(
@@ -449,6 +457,33 @@ impl Topic {
     /// Whether the topic was deleted or reclaimed under us.
     pub fn is_reclaimed(&self) -> bool {
         self.inner.reclaimed()
+    }
+    /// Delete consumer group `group`: its entry, committed offsets and
+    /// counters are freed at once. Refused while a member of it is a live
+    /// process, unless `force` (such members then get
+    /// [`Error::GroupDeleted`] at their next heartbeat or commit).
+    ///
+    /// # Errors
+    /// [`Error::GroupNotFound`], [`Error::GroupBusy`], [`Error::InvalidName`].
+    pub fn delete_group(&self, group: &str, force: bool) -> Result<()> {
+        let t = crate::group_table::Table::of(&self.inner);
+        crate::group_table::delete(&t, group, force).map(|_| ())
+    }
+    /// The committed offset (next to process) of `group` on `partition`,
+    /// read without joining or creating the group; `None` if the group does
+    /// not exist or never committed there.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchPartition`], [`Error::InvalidName`].
+    pub fn committed(&self, group: &str, partition: u32) -> Result<Option<u64>> {
+        name::validate_group(group)?;
+        self.inner.partition(partition)?;
+        Ok(crate::group_table::find(&self.inner, group).and_then(|g| {
+            self.inner.group(g).partitions[partition as usize]
+                .committed
+                .load(crate::sync::Ordering::Acquire)
+                .checked_sub(1)
+        }))
     }
     /// Next offset the writer of `partition` will publish.
     ///

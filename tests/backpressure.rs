@@ -156,10 +156,23 @@ fn a_dead_group_stops_blocking_after_the_timeout() {
     for s in 0..8 {
         producer.try_send(&payload(s, SLOT)).unwrap();
     }
-    assert!(matches!(
-        producer.try_send(&payload(8, SLOT)),
-        Err(Error::Full { partition: 0 })
-    ));
+    // The error names the slow group, its lag, and that a live member holds.
+    match producer.try_send(&payload(8, SLOT)) {
+        Err(
+            e @ Error::Full {
+                partition: 0,
+                lag: 8,
+                live_member: true,
+                releases_in: None,
+                ..
+            },
+        ) => {
+            assert!(matches!(&e, Error::Full { group: Some(g), .. } if g == "g"));
+            let msg = e.to_string();
+            assert!(msg.contains("\"g\" is 8 records behind"), "{msg}");
+        }
+        other => panic!("expected Full naming group g, got {other:?}"),
+    }
     // The member is alive but idle for longer than the timeout: its group
     // still holds the topic (its liveness token says it is alive).
     std::thread::sleep(timeout + timeout / 2);
@@ -173,11 +186,23 @@ fn a_dead_group_stops_blocking_after_the_timeout() {
     std::thread::sleep(Duration::from_millis(100));
     kid.kill9();
     let killed = Instant::now();
-    // Just dead: its last sign of life is recent, so it still holds.
-    assert!(matches!(
-        producer.try_send(&payload(8, SLOT)),
-        Err(Error::Full { .. })
-    ));
+    // Just dead: its last sign of life is recent, so it still holds, and the
+    // error says for how long at most.
+    match producer.try_send(&payload(8, SLOT)) {
+        Err(
+            e @ Error::Full {
+                live_member: false,
+                releases_in: Some(left),
+                ..
+            },
+        ) => {
+            assert!(left <= timeout, "{left:?}");
+            let msg = e.to_string();
+            assert!(msg.contains("no live member"), "{msg}");
+            assert!(msg.contains("stops holding the writer in"), "{msg}");
+        }
+        other => panic!("expected Full with a dead group, got {other:?}"),
+    }
     // A waiting send goes through once the timeout has passed.
     let mut producer = producer.with_send_timeout(Some(Duration::from_secs(10)));
     producer.send(&payload(8, SLOT)).unwrap();

@@ -230,7 +230,7 @@ fn loans_refuse_what_sends_refuse() {
     for _ in 0..SLOTS {
         p.loan(1).unwrap().commit().unwrap();
     }
-    assert!(matches!(p.loan(1), Err(Error::Full { partition: 0 })));
+    assert!(matches!(p.loan(1), Err(Error::Full { partition: 0, .. })));
     assert_eq!(topic.write_offset(0).unwrap(), SLOTS);
     drop((p, _c, topic));
     fx.finish();

@@ -17,7 +17,9 @@ Exit codes: 0 success (also when the output pipe closes), 1 failure (demo
 verification, OS error), 2 usage (bad argument, name, duration, mode or
 config), 3 topic not found, 4 topic already exists, 5 message too large for
 the topic's slots, 6 permission denied, 7 partition held by another live
-producer (or fenced), 8 lease expired / topic reclaimed, 9 timed out / full."
+producer (or fenced), 8 lease expired / topic reclaimed, 9 timed out / full,
+10 consumer group has live members (group delete without --force), 11 group
+or member table full."
 )]
 pub struct Cli {
     /// Namespace (isolates deployments); default from SHMQ_NAMESPACE, else "default".
@@ -89,6 +91,10 @@ pub enum Command {
     /// Internal: the consumer process of `shmq demo`.
     #[command(hide = true)]
     DemoConsumer(crate::cmd::demo::ConsumerArgs),
+    /// List or delete a topic's consumer groups.
+    ///
+    /// Example: shmq group list orders; shmq group delete orders billing
+    Group(crate::cmd::group::GroupArgs),
 }
 
 /// Output format option shared by several verbs.

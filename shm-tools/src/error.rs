@@ -77,6 +77,9 @@ impl From<shmq::Error> for CliError {
             E::PartitionHeld { .. } | E::Fenced { .. } | E::NoFreePartitions { .. } => 7,
             E::LeaseExpired { .. } => 8,
             E::Timeout | E::Full { .. } => 9,
+            E::GroupNotFound { .. } => 3,
+            E::GroupBusy { .. } => 10,
+            E::GroupTableFull { .. } | E::MemberTableFull { .. } => 11,
             _ => 1,
         };
         CliError::new(code, e.to_string())

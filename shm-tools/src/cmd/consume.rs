@@ -59,16 +59,23 @@ more like `tail -f` until interrupted (Ctrl-C), then commits (with --commit)
 and exits 0. --commit stores the position after the printed messages, so the
 next `consume --group` of the same group resumes there.
 
+Without --commit nothing is registered: the reader holds no group entry and
+never makes a backpressure writer wait.
+
 Examples:
-  shmq consume orders --group audit --from earliest --format json
+  shmq consume orders --from earliest --format json
   shmq consume orders --group billing --commit --max 100
-  shmq consume orders --group tail --from latest --follow")]
+  shmq consume orders --from latest --follow")]
 pub struct ConsumeArgs {
     /// Topic name.
     pub topic: String,
     /// Consumer group (its committed offsets are shared by every process).
+    /// Needed with --commit. Without --commit the command reads without
+    /// joining anything (it takes no group-table entry and never holds a
+    /// backpressure writer back); --group then only chooses where
+    /// `--from committed` starts.
     #[arg(long)]
-    pub group: String,
+    pub group: Option<String>,
     /// Start at: earliest, latest, committed (the group's position; earliest
     /// if it never committed), or an offset number (on every partition).
     #[arg(long, value_name = "WHERE", default_value = "committed", value_parser = parse_from)]
@@ -138,17 +145,31 @@ pub fn run(ns: &str, args: ConsumeArgs) -> CliResult {
     let mgr = TopicManager::with_namespace(ns)?;
     let topic = mgr.open(&args.topic)?;
     // Only a committing consumer registers its group in shared memory: a
-    // read-only look must not make a backpressure writer wait for it.
-    let mut consumer = if args.commit {
-        Consumer::new(&topic, &args.group)?
-    } else {
-        Consumer::with_store(&topic, &args.group, Box::new(shmq::ShmOffsetStore))?
+    // read-only look is a reader without a group, which takes no table
+    // entry and never makes a backpressure writer wait for it.
+    let mut consumer = match (&args.group, args.commit) {
+        (Some(group), true) => Consumer::new(&topic, group)?,
+        (None, true) => {
+            return Err(CliError::usage(
+                "--commit needs --group GROUP (the group whose position is stored)",
+            ))
+        }
+        (_, false) => Consumer::reader(&topic)?,
     };
     if !args.partition.is_empty() {
         consumer.assign(&args.partition)?;
     }
-    if args.from.0 != SeekPolicy::Committed {
-        consumer.seek(args.from.0)?;
+    match (args.from.0, &args.group) {
+        (SeekPolicy::Committed, Some(group)) if !args.commit => {
+            // Read the group's committed offsets without joining it.
+            for p in consumer.assignment() {
+                if let Some(o) = topic.committed(group, p)? {
+                    consumer.seek_partition(p, SeekPolicy::Offset(o))?;
+                }
+            }
+        }
+        (SeekPolicy::Committed, _) => {}
+        (policy, _) => consumer.seek(policy)?,
     }
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -70,6 +70,16 @@ pub struct CreateArgs {
     /// life keeps holding writers back.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
     pub dead_group_timeout: Duration,
+    /// Free a consumer group with no live member and no activity for this
+    /// long (0 = never).
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_duration)]
+    pub group_retention: Duration,
+    /// Capacity of the consumer-group table (1..=1024).
+    #[arg(long, value_name = "N", default_value_t = shmq::layout::GROUP_CAPACITY)]
+    pub max_groups: u32,
+    /// Members per consumer group (1..=1024).
+    #[arg(long, value_name = "N", default_value_t = shmq::layout::MEMBER_CAPACITY)]
+    pub max_members: u32,
 }
 
 /// Run `shmq create`.
@@ -83,6 +93,9 @@ pub fn run(ns: &str, args: CreateArgs) -> CliResult {
         overflow: args.overflow.into(),
         mode: args.mode,
         dead_group_timeout: args.dead_group_timeout,
+        group_retention: args.group_retention,
+        max_groups: args.max_groups,
+        max_members: args.max_members,
     };
     let topic = mgr.create(&args.topic, config.clone())?;
     let bytes_per_partition =

@@ -5,6 +5,7 @@ pub mod consume;
 pub mod create;
 pub mod delete;
 pub mod demo;
+pub mod group;
 pub mod info;
 pub mod list;
 pub mod produce;
@@ -30,5 +31,6 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Bench(a) => bench::run(&ns, a),
         Command::DemoProducer(a) => demo::run_producer(&ns, a),
         Command::DemoConsumer(a) => demo::run_consumer(&ns, a),
+        Command::Group(a) => group::run(&ns, a),
     }
 }

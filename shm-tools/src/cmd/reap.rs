@@ -70,6 +70,15 @@ pub fn action_json(ns: &str, a: &ReapAction, dry_run: bool) -> serde_json::Value
             problem,
             removed,
         } => json!({ "file": file, "problem": problem, "removed": removed }),
+        ReapAction::FreedGroup {
+            topic,
+            group,
+            index,
+            idle_for,
+        } => json!({
+            "topic": topic, "group": group, "index": index,
+            "idle_for_ms": idle_for.map(|d| d.as_millis() as u64), "removed": !dry_run,
+        }),
     };
     v["kind"] = json!(a.kind());
     v["namespace"] = json!(ns);
