@@ -3,7 +3,10 @@
 //! member's partition (its commit must be visible to the next owner), and
 //! competing consumers sharing one partition's cursor (each offset to
 //! exactly one member; the low-water mark never passes an unprocessed
-//! offset).
+//! offset), the recovery of a group entry left in INIT by a dead creator
+//! (exactly one owner), and freeing a group against a joining member (the
+//! SeqCst fences of "free vs join": removing the one in `still_ready` makes
+//! `group_free_vs_join` fail).
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicBool, Ordering};
@@ -281,4 +284,122 @@ fn adopt_model() {
 #[test]
 fn group_dead_competing_batch_is_adopted_once() {
     check("group_dead_competing_batch_is_adopted_once", adopt_model);
+}
+
+/// A group entry left in INIT by a creator that died (token `DEAD`). Two
+/// finders recover it at once while the "dead" creator's late publish also
+/// runs (impossible with kernel-held tokens, but the CAS must hold even
+/// then): exactly one of the three ends up owning the entry, the entry is
+/// READY with that one's generation, and its name is the winner's.
+fn recover_init_model() {
+    use shmq::layout::group_state;
+    let state = Arc::new(loom::sync::atomic::AtomicU64::new(0));
+    let name = Arc::new(loom::sync::atomic::AtomicU64::new(0));
+    let dead_init = proto::entry_word(group_state::INIT, 1, DEAD);
+    state.store(dead_init, Ordering::Release);
+    let finder = |me: u32| {
+        let state = state.clone();
+        let name = name.clone();
+        thread::spawn(move || {
+            let seen = state.load(Ordering::Acquire);
+            if proto::entry_health(seen, &mut |t| t != DEAD) != proto::EntryHealth::Abandoned {
+                return None;
+            }
+            let init = proto::claim_entry(&state, seen, me)?;
+            name.store(u64::from(me), Ordering::Relaxed);
+            proto::publish_entry(&state, init).map(|ready| (me, ready))
+        })
+    };
+    let a = finder(2);
+    let b = finder(3);
+    let late = {
+        let state = state.clone();
+        thread::spawn(move || proto::publish_entry(&state, dead_init).map(|r| (DEAD, r)))
+    };
+    let won: Vec<(u32, u64)> = [a.join().unwrap(), b.join().unwrap(), late.join().unwrap()]
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(won.len(), 1, "{VIOLATION}: entry owned by {won:?}");
+    let (who, ready) = won[0];
+    let w = state.load(Ordering::Acquire);
+    assert_eq!(
+        w, ready,
+        "{VIOLATION}: entry word {w:#x} is not the winner's"
+    );
+    assert_eq!(proto::entry_state(w), group_state::READY);
+    if who != DEAD {
+        assert_eq!(
+            name.load(Ordering::Relaxed),
+            u64::from(who),
+            "{VIOLATION}: name not the winner's"
+        );
+        assert_ne!(
+            proto::entry_generation(w),
+            1,
+            "{VIOLATION}: generation kept"
+        );
+    }
+}
+
+#[test]
+fn group_dead_creator_entry_is_recovered_once() {
+    check(
+        "group_dead_creator_entry_is_recovered_once",
+        recover_init_model,
+    );
+}
+
+/// A freer (retention or delete) and a joiner race on a READY group with
+/// no member. Freer: READY -> FREEING, fence, look for live members, then
+/// FREE or back to READY. Joiner: take a member entry, fence, re-check the
+/// group word, back out if it changed. Never may the group end FREE while
+/// the joiner believes it is a member ("free vs join").
+fn free_vs_join_model() {
+    use shmq::layout::group_state;
+    let g = Arc::new(Group::new(1, 1));
+    let state = Arc::new(loom::sync::atomic::AtomicU64::new(0));
+    let ready = proto::entry_word(group_state::READY, 1, 0);
+    state.store(ready, Ordering::Release);
+    let freer = {
+        let g = g.clone();
+        let state = state.clone();
+        thread::spawn(move || {
+            let Some(f) = proto::begin_free(&state, ready, 9) else {
+                return false;
+            };
+            if proto::any_live_member(&g.members, &mut |_| true) {
+                proto::abort_free(&state, f);
+                false
+            } else {
+                proto::finish_free(&state, f)
+            }
+        })
+    };
+    let joiner = {
+        let g = g.clone();
+        let state = state.clone();
+        thread::spawn(move || {
+            let (i, id) = proto::join(&g.members, 2, 2, 0, NOW)?;
+            if proto::still_ready(&state, ready) {
+                Some(i)
+            } else {
+                proto::leave(&g.members, &g.parts, i, id);
+                None
+            }
+        })
+    };
+    let freed = freer.join().unwrap();
+    let member = joiner.join().unwrap();
+    let w = state.load(Ordering::Acquire);
+    assert!(
+        !(member.is_some() && proto::entry_state(w) != group_state::READY),
+        "{VIOLATION}: a member stayed in a group that was freed (freed {freed}, word {w:#x})"
+    );
+    assert_eq!(freed, proto::entry_state(w) == group_state::FREE);
+}
+
+#[test]
+fn group_free_vs_join() {
+    check("group_free_vs_join", free_vs_join_model);
 }
