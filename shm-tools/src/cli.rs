@@ -15,7 +15,7 @@ Start with `shmq demo`. Every verb has --help with examples.
 
 Exit codes: 0 success (also when the output pipe closes), 1 failure (demo
 verification, OS error), 2 usage (bad argument, name, duration, mode or
-config), 3 topic not found, 4 topic already exists, 5 message too large for
+config), 3 topic (or group) not found, 4 topic already exists, 5 message too large for
 the topic's slots, 6 permission denied, 7 partition held by another live
 producer (or fenced), 8 lease expired / topic reclaimed, 9 timed out / full,
 10 consumer group has live members (group delete without --force), 11 group

@@ -5,7 +5,8 @@
 //! ```text
 //! { "namespace", "topic",
 //!   "config": { "partitions", "slots", "slot_size", "overflow", "retention_ms",
-//!               "mode" ("0600"), "dead_group_timeout_ms" },
+//!               "mode" ("0600"), "dead_group_timeout_ms",
+//!               "group_retention_ms" (0 = never), "max_groups", "max_members" },
 //!   "lease_expiry_ns", "lease_left_ms",          // null once reclaimed
 //!   "messages",                                  // sum of write offsets
 //!   "partitions": [ { "partition", "write_offset", "depth",
@@ -144,6 +145,9 @@ pub fn info_json(ns: &str, topic: &Topic, stats: &TopicStats) -> Value {
             "retention_ms": c.retention.as_millis() as u64,
             "mode": format!("{:04o}", c.mode),
             "dead_group_timeout_ms": c.dead_group_timeout.as_millis() as u64,
+            "group_retention_ms": c.group_retention.as_millis() as u64,
+            "max_groups": c.max_groups,
+            "max_members": c.max_members,
         },
         "lease_expiry_ns": meta_expiry.filter(|&e| e != RECLAIMED),
         "lease_left_ms": left_ms(meta_expiry, now),
