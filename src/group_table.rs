@@ -138,10 +138,11 @@ impl<'a> Table<'a> {
         loop {
             // SYNC POINT "group ready".
             let w = state.load(Ordering::Acquire);
+            if start.elapsed() >= SETTLE_WAIT {
+                return w; // bounded, even against a scribbling peer
+            }
             match proto::entry_health(w, alive) {
-                EntryHealth::Settling if start.elapsed() < SETTLE_WAIT => {
-                    std::thread::sleep(Duration::from_micros(100));
-                }
+                EntryHealth::Settling => std::thread::sleep(Duration::from_micros(100)),
                 EntryHealth::Abandoned => {
                     proto::recover_entry(state, w);
                 }
