@@ -126,8 +126,12 @@ impl<'a> Table<'a> {
         (h.state.load(Ordering::Acquire) == word).then_some(name)
     }
 
+    /// Whether entry `g`, holding `word`, is named `wanted` (no allocation:
+    /// commits look their group up by name).
     fn matches(&self, g: u32, word: u64, wanted: &str) -> bool {
-        self.name_if(g, word).is_some_and(|n| n == wanted)
+        let h = self.group(g).header;
+        let len = (h.name_len as usize).min(GROUP_NAME_MAX);
+        h.name[..len] == *wanted.as_bytes() && h.state.load(Ordering::Acquire) == word
     }
 
     /// The word of entry `g` once it is not being created or freed by a live

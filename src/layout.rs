@@ -440,6 +440,13 @@ mod asserts {
     const _: () = assert!(size_of::<GroupPartition>() == LINE);
     const _: () = assert!(SLOT_HEADER == 24);
     const _: () = assert!(stride(40) == 64 && stride(41) == 128);
+
+    #[test]
+    fn with_groups_keeps_the_partition_lines() {
+        let h = MetaHeader::new(3, 0, 8, 8, 1, 0o600, 1, 0).with_groups(5, 7, 9);
+        assert_eq!(h.region_len as usize, meta_region_len(3, 5, 7));
+        assert_eq!((h.group_cap, h.member_cap, h.group_retention_ms), (5, 7, 9));
+    }
 }
 
 impl PartitionHeader {
@@ -560,12 +567,17 @@ impl MetaHeader {
     }
 
     /// Set the group table's shape (capacities) and the group retention
-    /// (`0` = never), recomputing `region_len`.
+    /// (`0` = never), recomputing `region_len`. Each group keeps the number
+    /// of partition lines [`MetaHeader::new`] sized it for.
     pub fn with_groups(mut self, group_cap: u32, member_cap: u32, retention_ms: u32) -> Self {
+        let per_group = (self.region_len as usize).saturating_sub(META_HEADER)
+            / (self.group_cap.max(1) as usize);
+        let part_lines = (per_group / LINE).saturating_sub(1 + self.member_cap as usize);
         self.group_cap = group_cap;
         self.member_cap = member_cap;
         self.group_retention_ms = retention_ms;
-        self.region_len = meta_region_len(self.partitions, group_cap, member_cap) as u64;
+        self.region_len =
+            (META_HEADER + group_cap as usize * group_size(part_lines as u32, member_cap)) as u64;
         self
     }
 }

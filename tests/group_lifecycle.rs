@@ -427,6 +427,10 @@ fn deleting_a_group_with_a_live_member_needs_force() {
         topic.delete_group("idle", false),
         Err(Error::GroupNotFound { .. })
     ));
+    // A member deletes its own group (it leaves first).
+    let solo = shmq::ConsumerGroup::join(&topic, "solo", GroupOptions::default()).unwrap();
+    solo.delete().unwrap();
+    assert!(topic.stats().unwrap().groups.is_empty());
     drop((topic, mgr));
     guard.finish();
 }
