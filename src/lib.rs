@@ -50,6 +50,8 @@ mod config;
 #[cfg(not(loom))]
 mod consumer;
 #[cfg(not(loom))]
+mod deadline;
+#[cfg(not(loom))]
 mod dlq;
 #[cfg(not(loom))]
 mod error;

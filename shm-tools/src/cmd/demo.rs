@@ -680,10 +680,15 @@ fn drive(
         }
         v
     };
+    // Saturating: a huge --messages or --probe means "no time limit", never
+    // an overflow panic.
     let budget = Duration::from_secs(60)
-        + Duration::from_micros(args.messages.saturating_mul(20))
-        + Duration::from_secs_f64(2.0 * args.probe as f64 / args.probe_rate as f64);
-    let deadline = Instant::now() + budget;
+        .saturating_add(Duration::from_micros(args.messages.saturating_mul(20)))
+        .saturating_add(
+            Duration::try_from_secs_f64(2.0 * args.probe as f64 / args.probe_rate as f64)
+                .unwrap_or(Duration::MAX),
+        );
+    let deadline = Instant::now().checked_add(budget);
     let wait_name = args
         .wait
         .to_possible_value()
@@ -730,7 +735,7 @@ fn drive(
         if interrupted.load(Ordering::Relaxed) {
             return Err(CliError::failed("interrupted; removed the demo's regions"));
         }
-        if Instant::now() > deadline {
+        if deadline.is_some_and(|d| Instant::now() > d) {
             return Err(CliError::failed(format!(
                 "the demo did not finish within {} s; stopped it",
                 budget.as_secs()
