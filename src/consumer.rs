@@ -532,8 +532,12 @@ impl Consumer {
     /// Commit the current position of every assigned partition.
     ///
     /// # Errors
-    /// Offset-store errors.
+    /// [`Error::LeaseExpired`] if the topic was deleted or reclaimed (the
+    /// commit would be lost with it), offset-store errors.
     pub fn commit(&mut self) -> Result<()> {
+        if self.topic.inner.reclaimed() {
+            return Err(self.topic.inner.expired());
+        }
         for c in &self.cursors {
             self.store
                 .commit(&self.topic, &self.group, c.partition, c.next)?;
@@ -544,9 +548,13 @@ impl Consumer {
     /// Commit `next_offset` (the next offset to process) for one partition.
     ///
     /// # Errors
-    /// Offset-store errors, [`Error::NoSuchPartition`].
+    /// Offset-store errors, [`Error::NoSuchPartition`],
+    /// [`Error::LeaseExpired`] as for [`Consumer::commit`].
     pub fn commit_offset(&mut self, partition: u32, next_offset: u64) -> Result<()> {
         self.topic.inner.partition(partition)?;
+        if self.topic.inner.reclaimed() {
+            return Err(self.topic.inner.expired());
+        }
         self.store
             .commit(&self.topic, &self.group, partition, next_offset)
     }

@@ -1,5 +1,6 @@
 //! The one error type of the public API, with messages a user can act on.
 
+use crate::config::ConfigDifference;
 use crate::os::OsError;
 
 /// Why a region could not be attached.
@@ -43,6 +44,13 @@ pub enum RegionProblem {
     NotInitialised {
         /// How long we waited.
         waited_ms: u64,
+    },
+    /// The name in `/dev/shm` is not a shared-memory object at all (e.g. a
+    /// directory): shmq never makes one, so it was put there by hand.
+    #[error("is a {what}, not a shared-memory object (shmq never makes one); remove it from /dev/shm by hand")]
+    NotAnObject {
+        /// What it is ("directory").
+        what: &'static str,
     },
 }
 
@@ -205,6 +213,15 @@ pub enum Error {
     /// Any other OS failure.
     #[error(transparent)]
     Os(#[from] OsError),
+    /// [`crate::TopicManager::open_or_create`] found the topic already
+    /// created with another configuration (every field differing is listed).
+    #[error("topic {topic:?} already exists with a different configuration ({}); open it with `open` to take it as it is, or delete it first", ConfigDifference::list(differences))]
+    ConfigMismatch {
+        /// Topic.
+        topic: String,
+        /// What differs, in [`crate::TopicConfig`] field order.
+        differences: Vec<ConfigDifference>,
+    },
 }
 
 impl Error {
@@ -217,6 +234,10 @@ impl Error {
                 bytes,
             },
             Errno::EACCES | Errno::EPERM => Error::PermissionDenied { region: e.object },
+            Errno::EISDIR => Error::BadRegion {
+                region: e.object,
+                problem: RegionProblem::NotAnObject { what: "directory" },
+            },
             _ => Error::Os(e),
         }
     }

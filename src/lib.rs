@@ -89,7 +89,7 @@ mod zero_copy;
 #[cfg(not(loom))]
 pub use competing::CompetingConsumer;
 #[cfg(not(loom))]
-pub use config::{Overflow, TopicConfig};
+pub use config::{ConfigDifference, Overflow, TopicConfig};
 #[cfg(not(loom))]
 pub use consumer::{Consumer, Delivered, Lagged, Polled, Record, SeekPolicy};
 #[cfg(not(loom))]

@@ -23,7 +23,8 @@ pub trait OffsetStore: Send {
     /// Record `next_offset` as the group's committed offset.
     ///
     /// # Errors
-    /// Store-specific (e.g. a full group table).
+    /// Store-specific (e.g. a full group table, or
+    /// [`crate::Error::LeaseExpired`] for a topic that was reclaimed).
     fn commit(&self, topic: &Topic, group: &str, partition: u32, next_offset: u64) -> Result<()>;
 }
 
@@ -81,6 +82,11 @@ impl OffsetStore for ShmOffsetStore {
     fn commit(&self, topic: &Topic, group: &str, partition: u32, next_offset: u64) -> Result<()> {
         let inner = &topic.inner;
         inner.partition(partition)?;
+        // A reclaimed meta region is on its way out: a commit stored there
+        // would be lost, so say so.
+        if inner.reclaimed() {
+            return Err(inner.expired());
+        }
         let g = group_table::find_or_create(inner, group)?;
         let view = inner.group(g);
         // SYNC POINT "commit": Release pairs with the Acquire loads of

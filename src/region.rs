@@ -46,6 +46,23 @@ fn bad(name: &str, problem: RegionProblem) -> Error {
     }
 }
 
+/// If `/dev/shm/<name>` exists but is not a regular file (a directory, a
+/// symbolic link, ...), the error that says so: `shm_open` only reports an
+/// unhelpful `EINVAL` or `ELOOP` for those.
+fn not_an_object(name: &str) -> Option<Error> {
+    let meta = std::fs::symlink_metadata(std::path::Path::new(os::SHM_DIR).join(name)).ok()?;
+    let what = if meta.is_dir() {
+        "directory"
+    } else if meta.is_symlink() {
+        "symbolic link"
+    } else if meta.is_file() {
+        return None;
+    } else {
+        "special file"
+    };
+    Some(bad(name, RegionProblem::NotAnObject { what }))
+}
+
 impl Region {
     /// Region name (without the leading `/`).
     pub fn name(&self) -> &str {
@@ -133,7 +150,7 @@ impl Region {
         let fd = match os::shm_open_existing(name) {
             Ok(fd) => fd,
             Err(e) if e.errno == Errno::ENOENT => return Ok(None),
-            Err(e) => return Err(Error::from_os(e, 0)),
+            Err(e) => return Err(not_an_object(name).unwrap_or_else(|| Error::from_os(e, 0))),
         };
         let min = match kind {
             KIND_PARTITION => layout::PARTITION_HEADER,

@@ -479,3 +479,86 @@ fn demo_fails_when_a_message_is_lost_or_corrupt() {
         assert_eq!(shm_files(&format!("shmq.{private}.")), Vec::<String>::new());
     }
 }
+
+/// Whether this test runs as root (needed to run `shmq` as another user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+#[test]
+fn delete_by_a_user_who_may_not_remove_the_topic_fails_and_changes_nothing() {
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to run shmq as user nobody (65534)");
+        return;
+    }
+    let ns = Ns::new("du");
+    for mode in ["0600", "0666"] {
+        ns.ok(&[
+            "create",
+            "t",
+            "--partitions",
+            "2",
+            "--slots",
+            "8",
+            "--slot-size",
+            "8",
+            "--mode",
+            mode,
+        ]);
+        let regions = |ns: &Ns| {
+            let mut v: Vec<String> = ns
+                .files()
+                .into_iter()
+                .filter(|f| f.contains(".t."))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = regions(&ns);
+        assert_eq!(before.len(), 3, "{before:?}");
+        // /dev/shm is sticky: nobody may not unlink root's files (and with
+        // 0600 not even open them).
+        let out = ns
+            .cmd(&["delete", "t"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run shmq as nobody");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "mode {mode}: {stdout}\n{stderr}"
+        );
+        assert!(!stdout.contains("deleted"), "mode {mode}: {stdout}");
+        assert!(
+            stderr.contains("permission denied"),
+            "mode {mode}: {stderr}"
+        );
+        assert_eq!(regions(&ns), before, "mode {mode}");
+        // Not marked reclaimed either: the topic still works.
+        let sent = ns.ok_with(&["produce", "t"], b"here\n");
+        assert!(sent.starts_with("sent 1 message"), "mode {mode}: {sent}");
+        ns.ok(&["delete", "t"]);
+    }
+}
+
+#[test]
+fn delete_of_a_directory_named_like_a_topic_fails() {
+    let ns = Ns::new("dd");
+    let dir = format!("/dev/shm/shmq.{}.d.meta", ns.0);
+    std::fs::create_dir(&dir).unwrap();
+    let out = ns.run(&["delete", "d"]);
+    std::fs::remove_dir(&dir).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("deleted"), "{stdout}");
+    assert!(
+        stderr.contains("is a directory") && stderr.contains("by hand"),
+        "{stderr}"
+    );
+}
