@@ -98,7 +98,7 @@ pub enum Error {
         problem: RegionProblem,
     },
     /// The message does not fit in a slot.
-    #[error("message of {size} bytes (key + value) does not fit in a slot of {max} bytes; use a topic with a larger slot_size")]
+    #[error("message of {} (key + value) does not fit in a slot of {}; use a topic with a larger slot_size", plural(*size as u64, "byte"), plural(*max as u64, "byte"))]
     MessageTooLarge {
         /// Key + value bytes.
         size: usize,
@@ -121,7 +121,7 @@ pub enum Error {
     },
     /// Not enough free partitions for an "any N" producer.
     #[error(
-        "topic {topic:?} has only {free} partitions without a live writer; {wanted} were asked for"
+        "topic {topic:?} has only {} without a live writer; {wanted} {} asked for", plural(u64::from(*free), "partition"), if *wanted == 1 { "was" } else { "were" }
     )]
     NoFreePartitions {
         /// Topic.
@@ -132,7 +132,7 @@ pub enum Error {
         free: u32,
     },
     /// A partition index beyond the topic.
-    #[error("partition {partition} does not exist: topic {topic:?} has {partitions} partitions")]
+    #[error("partition {partition} does not exist: topic {topic:?} has {}", plural(u64::from(*partitions), "partition"))]
     NoSuchPartition {
         /// Topic.
         topic: String,
@@ -245,3 +245,12 @@ impl Error {
 
 /// Shorthand for `Result<T, shmq::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `1 partition`, `2 partitions`: a count with its noun, pluralised.
+pub(crate) fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}

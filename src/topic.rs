@@ -18,6 +18,12 @@ use crate::token::Token;
 /// Environment variable that selects the default namespace.
 pub const NAMESPACE_ENV: &str = "SHMQ_NAMESPACE";
 
+/// How long `open` waits, on finding a partition missing or foreign, for the
+/// topic's meta region to show the delete or reclaim in progress (a deleter
+/// removes partitions first and the meta region moments later). A topic
+/// still damaged after it is reported as such.
+const GONE_WAIT: Duration = Duration::from_millis(500);
+
 /// Entry point: manages the topics of one namespace.
 ///
 /// Holds this process's liveness token for the namespace (shared by every
@@ -190,12 +196,8 @@ impl TopicManager {
             mode: h.mode,
             dead_group_timeout: Duration::from_millis(u64::from(h.dead_group_ms)),
         };
-        let geo = Geometry::new(config.slots, config.slot_size).ok_or_else(|| {
-            bad(RegionProblem::BadGeometry(format!(
-                "slots {} slot_size {}",
-                h.slots, h.slot_size
-            )))
-        })?;
+        let geo = Geometry::new(config.slots, config.slot_size)
+            .ok_or_else(|| bad(crate::region::geometry_problem(h.slots, h.slot_size)))?;
         let mut parts = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
             let pname = name::partition_region(&self.ns, topic, p);
@@ -208,8 +210,12 @@ impl TopicManager {
                 // an opener sees while a delete or the supervisor removes the
                 // topic (partitions go first), or after a new topic of the
                 // same name replaced them: the meta region we hold is then
-                // marked reclaimed or unlinked within moments.
-                Err(e) => return Err(self.gone_or(topic, &meta, e)),
+                // marked reclaimed or unlinked within moments, so wait for
+                // that. A scribbled partition is no race: look once.
+                Err((e, racy)) => {
+                    let wait = if racy { GONE_WAIT } else { Duration::ZERO };
+                    return Err(self.gone_or(topic, &meta, e, wait));
+                }
             }
         }
         // Deleted while we attached: some partitions may be a new topic's.
@@ -227,10 +233,10 @@ impl TopicManager {
 
     /// `e` (a problem with a partition of `topic`), unless the topic's meta
     /// region `meta` turns out to be going away: then [`Error::LeaseExpired`]
-    /// or [`Error::TopicNotFound`]. Waits up to [`ATTACH_WAIT`] for the
-    /// deleter to get there; a topic that stays damaged gets `e`.
-    fn gone_or(&self, topic: &str, meta: &Region, e: Error) -> Error {
-        let deadline = Deadline::after(ATTACH_WAIT);
+    /// or [`Error::TopicNotFound`]. Waits up to `wait` for the deleter to
+    /// get there; a topic that stays damaged gets `e`.
+    fn gone_or(&self, topic: &str, meta: &Region, e: Error, wait: Duration) -> Error {
+        let deadline = Deadline::after(wait);
         loop {
             if lease::is_reclaimed(&meta.meta_header().lease) {
                 return self.lost(topic);
@@ -392,17 +398,26 @@ fn retire(region: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// Attach partition `p` and check it against the topic's geometry.
-fn attach_partition(pname: &str, p: u32, geo: Geometry) -> Result<Region> {
-    let region = Region::attach(pname, KIND_PARTITION)?.ok_or_else(|| Error::BadRegion {
-        region: pname.to_string(),
-        problem: RegionProblem::BadGeometry(
-            "partition region missing while its topic's meta region exists (removed by hand, \
-             or a delete died half-way); delete the topic"
-                .into(),
-        ),
-    })?;
-    let pgeo = region.partition_geometry()?;
+/// Attach partition `p` and check it against the topic's geometry. The
+/// error says whether a delete in progress can explain it (a missing or
+/// foreign partition) or not (a malformed one).
+fn attach_partition(pname: &str, p: u32, geo: Geometry) -> Result<Region, (Error, bool)> {
+    let region = match Region::attach(pname, KIND_PARTITION) {
+        Ok(Some(region)) => region,
+        Ok(None) => {
+            let missing = Error::BadRegion {
+                region: pname.to_string(),
+                problem: RegionProblem::BadGeometry(
+                    "partition region missing while its topic's meta region exists (removed \
+                     by hand, or a delete died half-way); delete the topic"
+                        .into(),
+                ),
+            };
+            return Err((missing, true));
+        }
+        Err(e) => return Err((e, false)),
+    };
+    let pgeo = region.partition_geometry().map_err(|e| (e, false))?;
     let ph = region.partition_header();
     let mut wrong = Vec::new();
     if ph.partition != p {
@@ -426,13 +441,14 @@ fn attach_partition(pname: &str, p: u32, geo: Geometry) -> Result<Region> {
         ));
     }
     if !wrong.is_empty() {
-        return Err(Error::BadRegion {
+        let foreign = Error::BadRegion {
             region: pname.to_string(),
             problem: RegionProblem::BadGeometry(format!(
                 "does not belong to its topic as partition {p}: {}",
                 wrong.join(", ")
             )),
-        });
+        };
+        return Err((foreign, true));
     }
     Ok(region)
 }

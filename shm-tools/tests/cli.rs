@@ -429,7 +429,12 @@ fn follow_waits_for_new_messages_and_commits_on_interrupt() {
 #[test]
 fn demo_sends_and_verifies_across_processes() {
     let ns = Ns::new("dm");
-    let out = ns.run(&["demo", "--messages", "20000", "--probe", "2000"]);
+    // No namespace chosen: the demo makes its own.
+    let out = Command::new(BIN)
+        .env_remove("SHMQ_NAMESPACE")
+        .args(["demo", "--messages", "20000", "--probe", "2000"])
+        .output()
+        .expect("run shmq demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed: {stdout}\n{stderr}");
@@ -457,27 +462,46 @@ fn demo_fails_when_a_message_is_lost_or_corrupt() {
         ("skip", "lost 1, corrupt 0"),
         ("corrupt", "lost 1, corrupt 1"),
     ] {
-        let out = ns.run(&[
-            "demo",
-            "--messages",
-            "2000",
-            "--probe",
-            "0",
-            "--inject-fault",
-            fault,
-        ]);
+        // The namespace chosen with --namespace is used (not ignored), and
+        // only the demo's own topic is removed from it.
+        let out = Command::new(BIN)
+            .env_remove("SHMQ_NAMESPACE")
+            .args([
+                "--namespace",
+                &ns.0,
+                "demo",
+                "--messages",
+                "2000",
+                "--probe",
+                "0",
+                "--inject-fault",
+                fault,
+            ])
+            .output()
+            .expect("run shmq demo");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{fault}: {stdout}\n{stderr}");
         assert!(stdout.contains(want), "{fault}: {stdout}");
         assert!(stderr.contains("verification failed"), "{fault}: {stderr}");
-        let private = stdout
-            .split("private namespace \"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .expect("namespace in the report");
-        assert_eq!(shm_files(&format!("shmq.{private}.")), Vec::<String>::new());
+        assert!(
+            stdout.contains(&format!("topic \"demo\" in namespace \"{}\"", ns.0)),
+            "{fault}: {stdout}"
+        );
+        assert_eq!(
+            ns.files().iter().filter(|f| f.contains(".demo.")).count(),
+            0
+        );
     }
+    // An existing "demo" topic is refused rather than replaced or deleted.
+    ns.ok(&["create", "demo", "--partitions", "1"]);
+    let err = ns.fails(&["demo", "--messages", "10"], b"", 4);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        ns.files().iter().filter(|f| f.contains(".demo.")).count(),
+        2
+    );
+    ns.ok(&["delete", "demo"]);
 }
 
 /// Whether this test runs as root (needed to run `shmq` as another user).
@@ -561,4 +585,47 @@ fn delete_of_a_directory_named_like_a_topic_fails() {
         stderr.contains("is a directory") && stderr.contains("by hand"),
         "{stderr}"
     );
+}
+
+#[test]
+fn counts_and_sizes_read_well() {
+    let ns = Ns::new("pl");
+    let out = ns.ok(&[
+        "create",
+        "t",
+        "--partitions",
+        "1",
+        "--slots",
+        "8",
+        "--slot-size",
+        "8",
+    ]);
+    assert!(
+        out.contains("1 partition x 8 slots of 8 bytes") && !out.contains("partitions"),
+        "{out}"
+    );
+    // 8 slots of 32 bytes plus the header: 1 KiB, not "0.0 MiB".
+    assert!(
+        out.contains("(1.0 KiB in /dev/shm)") && !out.contains("MiB"),
+        "{out}"
+    );
+    let info = ns.ok(&["info", "t"]);
+    assert!(info.contains("1 partition x 8 slots"), "{info}");
+    let big = ns.ok(&[
+        "create",
+        "big",
+        "--partitions",
+        "2",
+        "--slots",
+        "1024",
+        "--slot-size",
+        "1000",
+    ]);
+    assert!(
+        big.contains("2 partitions x 1024 slots of 1000 bytes"),
+        "{big}"
+    );
+    assert!(big.contains("2.0 MiB in /dev/shm"), "{big}");
+    ns.ok(&["delete", "t"]);
+    ns.ok(&["delete", "big"]);
 }
