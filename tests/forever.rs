@@ -182,12 +182,30 @@ fn send_timeout_of_duration_max_waits_for_room() {
         let got = reader.poll(100).unwrap();
         assert_eq!(got.records.len(), 8);
         reader.commit().unwrap();
+        reader
     });
     let start = Instant::now();
     let sent = p.send(b"ninth").unwrap();
-    h.join().unwrap();
+    let reader = h.join().unwrap();
     waited(start);
     assert_eq!(sent.offset, 8);
+
+    // A zero-copy loan waits the same way.
+    for i in 0..7u8 {
+        p.send(&[i]).unwrap();
+    }
+    let h = thread::spawn(move || {
+        let mut reader = reader;
+        thread::sleep(DELAY);
+        assert_eq!(reader.poll(100).unwrap().records.len(), 8);
+        reader.commit().unwrap();
+    });
+    let start = Instant::now();
+    let mut loan = p.loan(4).unwrap();
+    loan.copy_from_slice(b"loan");
+    assert_eq!(loan.commit().unwrap().offset, 16);
+    h.join().unwrap();
+    waited(start);
 
     drop((p, topic, mgr));
     guard.finish();
