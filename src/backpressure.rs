@@ -29,6 +29,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::group_protocol as proto;
 use crate::layout::group_state;
@@ -130,7 +131,7 @@ pub(crate) fn wait_for_room(
         return Ok(lim);
     }
     let start = Instant::now();
-    let deadline = timeout.map(|t| start + t);
+    let deadline = Deadline::from_timeout(timeout);
     let mut holders: Vec<u32> = holding_groups(inner, os::now_ns()).collect();
     let mut holders_at = start;
     let mut round = 0u32;
@@ -140,7 +141,7 @@ pub(crate) fn wait_for_room(
             return Ok(lim);
         }
         let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
+        if deadline.passed() {
             inner.parts[p as usize]
                 .header()
                 .full_events
@@ -165,7 +166,7 @@ pub(crate) fn wait_for_room(
             // a tenth of a millisecond at the cost of a few thousand
             // wake-ups a second while it is blocked.
             let step = Duration::from_micros(u64::from((round - 199).min(5)) * 20);
-            let step = deadline.map_or(step, |d| step.min(d.saturating_duration_since(now)));
+            let step = deadline.remaining_at_most(step);
             std::thread::sleep(step);
         }
     }

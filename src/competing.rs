@@ -18,9 +18,10 @@
 //! consumer marks it shared, and fails if a live member claims it whole.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::consumer::{Lagged, Polled, Record};
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::group::{token_judge, GroupOptions, Membership};
 use crate::group_protocol::{self as proto, Adopted};
@@ -201,9 +202,14 @@ impl CompetingConsumer {
 
     /// Ask for the record at `offset` (handed out by an earlier poll, not
     /// yet committed) to be delivered again by this consumer's next poll.
-    /// The group's committed offset stays below it until then.
+    /// The group's committed offset stays below it until then. An offset
+    /// the partition has not published yet cannot have been handed out and
+    /// is ignored (so `u64::MAX` is harmless).
     pub fn retry(&mut self, offset: u64) {
-        self.retry.insert(offset);
+        let part = &self.m.topic.inner.parts[self.partition as usize];
+        if offset < ring::latest(part.header()) {
+            self.retry.insert(offset);
+        }
     }
 
     fn pending(&self) -> Option<u64> {
@@ -314,7 +320,7 @@ impl CompetingConsumer {
                 break;
             };
             self.retried = Some(self.retried.map_or(o, |r| r.min(o)));
-            self.read_range(o, o + 1, max, &mut out);
+            self.read_range(o, o.saturating_add(1), max, &mut out);
         }
         // 2. A dead peer's batch.
         let now = os::now_ns();
@@ -376,16 +382,17 @@ impl CompetingConsumer {
     }
 
     /// Like [`CompetingConsumer::poll`], waiting up to `timeout` for a record
-    /// (heartbeating while it waits).
+    /// (heartbeating while it waits). A timeout too large to represent as an
+    /// instant (e.g. `Duration::MAX`) waits until something arrives.
     ///
     /// # Errors
     /// As [`CompetingConsumer::poll`].
     pub fn poll_timeout(&mut self, max: usize, timeout: Duration) -> Result<Polled> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
         let mut waiter = Waiter::new(self.strategy);
         loop {
             let got = self.poll(max)?;
-            if !got.is_empty() || Instant::now() >= deadline {
+            if !got.is_empty() || deadline.passed() {
                 return Ok(got);
             }
             let inner = self.m.topic.inner.clone();
@@ -394,12 +401,25 @@ impl CompetingConsumer {
                 .next
                 .load(Ordering::Acquire)
                 .saturating_sub(1);
-            let cap = Instant::now() + Duration::from_nanos(self.m.every_ns.min(100_000_000));
+            let end = deadline.capped(Duration::from_nanos(self.m.every_ns.min(100_000_000)));
             waiter.wait(
                 inner.meta.meta_header(),
                 std::iter::once((hdr, next)),
-                Some(deadline.min(cap)),
+                Some(end),
             );
+        }
+    }
+
+    /// Wait for the next record, however long it takes: a batch of one,
+    /// marked processed by the next poll, `recv` or commit.
+    ///
+    /// # Errors
+    /// As [`CompetingConsumer::poll`].
+    pub fn recv(&mut self) -> Result<Record> {
+        loop {
+            if let Some(r) = self.poll_timeout(1, Duration::MAX)?.records.pop() {
+                return Ok(r);
+            }
         }
     }
 

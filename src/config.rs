@@ -223,3 +223,86 @@ impl TopicConfig {
         geo
     }
 }
+
+/// One field in which an existing topic's configuration differs from the one
+/// asked for (see [`crate::Error::ConfigMismatch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigDifference {
+    /// The [`TopicConfig`] field.
+    pub field: &'static str,
+    /// The value asked for.
+    pub asked: String,
+    /// The value the existing topic has.
+    pub existing: String,
+}
+
+impl ConfigDifference {
+    /// "field: asked A, existing B; ..." for error messages.
+    pub(crate) fn list(differences: &[ConfigDifference]) -> String {
+        differences
+            .iter()
+            .map(|d| format!("{}: asked {}, existing {}", d.field, d.asked, d.existing))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// How `open_or_create` compares the configuration it was asked for with
+/// the one an existing topic was created with: every field, because every
+/// field is stored in the topic and each changes what a caller gets —
+/// partitions (key → partition mapping, parallelism), slots (how far a
+/// reader may lag), slot_size (largest message), overflow (loss or
+/// blocking), retention (how long the topic survives unattended), mode (who
+/// may open it) and dead_group_timeout (how long a dead group holds a
+/// backpressure writer back). Durations are compared as stored: retention in
+/// nanoseconds, dead_group_timeout in whole milliseconds. Partitions are
+/// compared with the count the topic was created with.
+///
+/// Returns the differences, empty if the configurations match.
+pub(crate) fn differences(asked: &TopicConfig, existing: &TopicConfig) -> Vec<ConfigDifference> {
+    fn ms(d: Duration) -> u128 {
+        d.as_millis()
+    }
+    let mut out = Vec::new();
+    let mut diff = |field: &'static str, asked: String, existing: String| {
+        if asked != existing {
+            out.push(ConfigDifference {
+                field,
+                asked,
+                existing,
+            });
+        }
+    };
+    diff(
+        "partitions",
+        asked.partitions.to_string(),
+        existing.partitions.to_string(),
+    );
+    diff("slots", asked.slots.to_string(), existing.slots.to_string());
+    diff(
+        "slot_size",
+        asked.slot_size.to_string(),
+        existing.slot_size.to_string(),
+    );
+    diff(
+        "retention",
+        format!("{:?}", asked.retention),
+        format!("{:?}", existing.retention),
+    );
+    diff(
+        "overflow",
+        format!("{:?}", asked.overflow),
+        format!("{:?}", existing.overflow),
+    );
+    diff(
+        "mode",
+        format!("{:#o}", asked.mode),
+        format!("{:#o}", existing.mode),
+    );
+    diff(
+        "dead_group_timeout",
+        format!("{} ms", ms(asked.dead_group_timeout)),
+        format!("{} ms", ms(existing.dead_group_timeout)),
+    );
+    out
+}

@@ -1,7 +1,8 @@
 //! Consumers: read partitions by offset, like a log.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::group_protocol as proto;
 use crate::group_table::Table;
@@ -522,42 +523,56 @@ impl Consumer {
     }
 
     /// Like [`Consumer::poll`], but wait up to `timeout` for at least one
-    /// record (or loss event). Returns an empty [`Polled`] on timeout.
+    /// record (or loss event). Returns an empty [`Polled`] on timeout. A
+    /// timeout too large to represent as an instant (e.g. `Duration::MAX`)
+    /// waits until something arrives.
     ///
     /// # Errors
     /// [`Error::LeaseExpired`].
     pub fn poll_timeout(&mut self, max: usize, timeout: Duration) -> Result<Polled> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
         let mut waiter = Waiter::new(self.strategy);
         loop {
             let got = self.poll(max)?;
-            if !got.is_empty() || Instant::now() >= deadline {
+            if !got.is_empty() || deadline.passed() {
                 return Ok(got);
             }
-            self.wait_once(&mut waiter, Some(deadline));
+            self.wait_once(&mut waiter, deadline);
         }
     }
 
-    /// Wait up to `timeout` for the next record.
+    /// Wait for the next record, however long it takes.
+    ///
+    /// # Errors
+    /// [`Error::LeaseExpired`].
+    pub fn recv(&mut self) -> Result<Record> {
+        self.recv_until(Deadline::never())
+    }
+
+    /// Wait up to `timeout` for the next record (`Duration::MAX`: forever).
     ///
     /// # Errors
     /// [`Error::Timeout`], [`Error::LeaseExpired`].
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Record> {
-        let deadline = Instant::now() + timeout;
+        self.recv_until(Deadline::after(timeout))
+    }
+
+    fn recv_until(&mut self, deadline: Deadline) -> Result<Record> {
         let mut waiter = Waiter::new(self.strategy);
         loop {
             let mut got = self.poll(1)?;
             if let Some(r) = got.records.pop() {
                 return Ok(r);
             }
-            if Instant::now() >= deadline {
+            if deadline.passed() {
                 return Err(Error::Timeout);
             }
-            self.wait_once(&mut waiter, Some(deadline));
+            self.wait_once(&mut waiter, deadline);
         }
     }
 
-    /// Like [`Consumer::poll_into`], waiting up to `timeout` for a record.
+    /// Like [`Consumer::poll_into`], waiting up to `timeout` for a record
+    /// (`None`, or a timeout too large to represent: forever).
     ///
     /// # Errors
     /// [`Error::Timeout`], [`Error::LeaseExpired`].
@@ -566,36 +581,39 @@ impl Consumer {
         buf: &mut RecordBuf,
         timeout: Option<Duration>,
     ) -> Result<Delivered> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = Deadline::from_timeout(timeout);
         let mut waiter = Waiter::new(self.strategy);
         loop {
             if let Some(d) = self.poll_into(buf)? {
                 return Ok(d);
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if deadline.passed() {
                 return Err(Error::Timeout);
             }
             self.wait_once(&mut waiter, deadline);
         }
     }
 
-    fn wait_once(&self, waiter: &mut Waiter, deadline: Option<Instant>) {
+    fn wait_once(&self, waiter: &mut Waiter, deadline: Deadline) {
         let inner = &self.topic.inner;
         let parts = self
             .cursors
             .iter()
             .map(|c| (inner.parts[c.partition as usize].header(), c.next));
         // Park at most 100 ms at a time so a reclaimed topic is noticed.
-        let cap = Instant::now() + Duration::from_millis(100);
-        let deadline = Some(deadline.map_or(cap, |d| d.min(cap)));
-        waiter.wait(inner.meta.meta_header(), parts, deadline);
+        let end = deadline.capped(Duration::from_millis(100));
+        waiter.wait(inner.meta.meta_header(), parts, Some(end));
     }
 
     /// Commit the current position of every assigned partition.
     ///
     /// # Errors
-    /// Offset-store errors.
+    /// [`Error::LeaseExpired`] if the topic was deleted or reclaimed (the
+    /// commit would be lost with it), offset-store errors.
     pub fn commit(&mut self) -> Result<()> {
+        if self.topic.inner.reclaimed() {
+            return Err(self.topic.inner.expired());
+        }
         for c in &self.cursors {
             self.store
                 .commit(&self.topic, &self.group, c.partition, c.next)?;
@@ -606,9 +624,13 @@ impl Consumer {
     /// Commit `next_offset` (the next offset to process) for one partition.
     ///
     /// # Errors
-    /// Offset-store errors, [`Error::NoSuchPartition`].
+    /// Offset-store errors, [`Error::NoSuchPartition`],
+    /// [`Error::LeaseExpired`] as for [`Consumer::commit`].
     pub fn commit_offset(&mut self, partition: u32, next_offset: u64) -> Result<()> {
         self.topic.inner.partition(partition)?;
+        if self.topic.inner.reclaimed() {
+            return Err(self.topic.inner.expired());
+        }
         self.store
             .commit(&self.topic, &self.group, partition, next_offset)
     }

@@ -30,11 +30,12 @@
 //! `dead_lettered` counter, which [`crate::Topic::stats`] reports.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::competing::CompetingConsumer;
 use crate::config::{Overflow, TopicConfig};
 use crate::consumer::{Consumer, Record, SeekPolicy};
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::group::GroupConsumer;
 use crate::group_table;
@@ -340,7 +341,8 @@ impl DlqRouter {
         })
     }
 
-    /// Bound how long routing waits for a free DLQ partition (default 2 s).
+    /// Bound how long routing waits for a free DLQ partition (default 2 s;
+    /// `Duration::MAX`: as long as it takes).
     pub fn with_route_timeout(mut self, timeout: Duration) -> Self {
         self.route_timeout = timeout;
         self
@@ -441,11 +443,11 @@ impl DlqRouter {
         self.source.inner.partition(record.partition)?;
         let letter = DeadLetter::new(self.source.name(), record, retries);
         let key = letter.encode_key();
-        let deadline = Instant::now() + self.route_timeout;
+        let deadline = Deadline::after(self.route_timeout);
         let mut producer = loop {
             match Producer::with_partitions(&self.dlq, Partitions::AnyFree(1)) {
                 Ok(p) => break p,
-                Err(Error::NoFreePartitions { .. }) if Instant::now() < deadline => {
+                Err(Error::NoFreePartitions { .. }) if !deadline.passed() => {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(e) => return Err(e),

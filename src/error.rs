@@ -1,5 +1,6 @@
 //! The one error type of the public API, with messages a user can act on.
 
+use crate::config::ConfigDifference;
 use crate::os::OsError;
 
 /// Why a region could not be attached.
@@ -43,6 +44,13 @@ pub enum RegionProblem {
     NotInitialised {
         /// How long we waited.
         waited_ms: u64,
+    },
+    /// The name in `/dev/shm` is not a shared-memory object at all (e.g. a
+    /// directory): shmq never makes one, so it was put there by hand.
+    #[error("is a {what}, not a shared-memory object (shmq never makes one); remove it from /dev/shm by hand")]
+    NotAnObject {
+        /// What it is ("directory").
+        what: &'static str,
     },
 }
 
@@ -90,7 +98,7 @@ pub enum Error {
         problem: RegionProblem,
     },
     /// The message does not fit in a slot.
-    #[error("message of {size} bytes (key + value) does not fit in a slot of {max} bytes; use a topic with a larger slot_size")]
+    #[error("message of {} (key + value) does not fit in a slot of {}; use a topic with a larger slot_size", plural(*size as u64, "byte"), plural(*max as u64, "byte"))]
     MessageTooLarge {
         /// Key + value bytes.
         size: usize,
@@ -113,7 +121,7 @@ pub enum Error {
     },
     /// Not enough free partitions for an "any N" producer.
     #[error(
-        "topic {topic:?} has only {free} partitions without a live writer; {wanted} were asked for"
+        "topic {topic:?} has only {} without a live writer; {wanted} {} asked for", plural(u64::from(*free), "partition"), if *wanted == 1 { "was" } else { "were" }
     )]
     NoFreePartitions {
         /// Topic.
@@ -124,7 +132,7 @@ pub enum Error {
         free: u32,
     },
     /// A partition index beyond the topic.
-    #[error("partition {partition} does not exist: topic {topic:?} has {partitions} partitions")]
+    #[error("partition {partition} does not exist: topic {topic:?} has {}", plural(u64::from(*partitions), "partition"))]
     NoSuchPartition {
         /// Topic.
         topic: String,
@@ -256,6 +264,15 @@ pub enum Error {
     /// A commit on a reader that belongs to no group.
     #[error("this consumer reads without a group (Consumer::reader) and has nothing to commit to; use Consumer::new(topic, group)")]
     NoGroup,
+    /// [`crate::TopicManager::open_or_create`] found the topic already
+    /// created with another configuration (every field differing is listed).
+    #[error("topic {topic:?} already exists with a different configuration ({}); open it with `open` to take it as it is, or delete it first", ConfigDifference::list(differences))]
+    ConfigMismatch {
+        /// Topic.
+        topic: String,
+        /// What differs, in [`crate::TopicConfig`] field order.
+        differences: Vec<ConfigDifference>,
+    },
 }
 
 fn fmt_dur(d: std::time::Duration) -> String {
@@ -324,6 +341,10 @@ impl Error {
                 bytes,
             },
             Errno::EACCES | Errno::EPERM => Error::PermissionDenied { region: e.object },
+            Errno::EISDIR => Error::BadRegion {
+                region: e.object,
+                problem: RegionProblem::NotAnObject { what: "directory" },
+            },
             _ => Error::Os(e),
         }
     }
@@ -331,3 +352,12 @@ impl Error {
 
 /// Shorthand for `Result<T, shmq::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `1 partition`, `2 partitions`: a count with its noun, pluralised.
+pub(crate) fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}

@@ -29,9 +29,10 @@
 //! and [`Topic::delete_group`] free one at once. A member of a deleted group
 //! gets [`Error::GroupDeleted`] at its next heartbeat or commit.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::consumer::{Consumer, Cursor, Polled, Record, SeekPolicy};
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::group_protocol::{self as proto, Health, Me};
 use crate::group_table::Table;
@@ -684,36 +685,50 @@ impl GroupConsumer {
     }
 
     /// Like [`GroupConsumer::poll`], waiting up to `timeout` for a record
-    /// (and keeping up heartbeats and rebalances while it waits).
+    /// (and keeping up heartbeats and rebalances while it waits). A timeout
+    /// too large to represent as an instant (e.g. `Duration::MAX`) waits
+    /// until something arrives.
     ///
     /// # Errors
     /// As [`GroupConsumer::poll`].
     pub fn poll_timeout(&mut self, max: usize, timeout: Duration) -> Result<Polled> {
-        let deadline = Instant::now() + timeout;
+        self.poll_until(max, Deadline::after(timeout))
+    }
+
+    fn poll_until(&mut self, max: usize, deadline: Deadline) -> Result<Polled> {
         loop {
             self.maintain()?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            let slice = left.min(Duration::from_nanos(self.group.m.every_ns));
+            let slice = deadline.remaining_at_most(Duration::from_nanos(self.group.m.every_ns));
             let got = self.consumer.poll_timeout(max, slice)?;
-            if !got.is_empty() || Instant::now() >= deadline {
+            if !got.is_empty() || deadline.passed() {
                 return Ok(got);
             }
         }
     }
 
-    /// Wait up to `timeout` for the next record.
+    /// Wait for the next record, however long it takes.
+    ///
+    /// # Errors
+    /// As [`GroupConsumer::poll`].
+    pub fn recv(&mut self) -> Result<Record> {
+        self.recv_until(Deadline::never())
+    }
+
+    /// Wait up to `timeout` for the next record (`Duration::MAX`: forever).
     ///
     /// # Errors
     /// [`Error::Timeout`], and as [`GroupConsumer::poll`].
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Record> {
-        let deadline = Instant::now() + timeout;
+        self.recv_until(Deadline::after(timeout))
+    }
+
+    fn recv_until(&mut self, deadline: Deadline) -> Result<Record> {
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut got = self.poll_timeout(1, left)?;
+            let mut got = self.poll_until(1, deadline)?;
             if let Some(r) = got.records.pop() {
                 return Ok(r);
             }
-            if Instant::now() >= deadline {
+            if deadline.passed() {
                 return Err(Error::Timeout);
             }
         }

@@ -50,6 +50,8 @@ mod config;
 #[cfg(not(loom))]
 mod consumer;
 #[cfg(not(loom))]
+mod deadline;
+#[cfg(not(loom))]
 mod dlq;
 #[cfg(not(loom))]
 mod error;
@@ -87,7 +89,7 @@ mod zero_copy;
 #[cfg(not(loom))]
 pub use competing::CompetingConsumer;
 #[cfg(not(loom))]
-pub use config::{Overflow, TopicConfig};
+pub use config::{ConfigDifference, Overflow, TopicConfig};
 #[cfg(not(loom))]
 pub use consumer::{Consumer, Delivered, Lagged, Polled, Record, SeekPolicy};
 #[cfg(not(loom))]

@@ -24,7 +24,8 @@ pub trait OffsetStore: Send {
     /// Record `next_offset` as the group's committed offset.
     ///
     /// # Errors
-    /// Store-specific (e.g. a full group table).
+    /// Store-specific (e.g. a full group table, or
+    /// [`crate::Error::LeaseExpired`] for a topic that was reclaimed).
     fn commit(&self, topic: &Topic, group: &str, partition: u32, next_offset: u64) -> Result<()>;
 }
 
@@ -82,6 +83,11 @@ impl OffsetStore for ShmOffsetStore {
     fn commit(&self, topic: &Topic, group: &str, partition: u32, next_offset: u64) -> Result<()> {
         let inner = &topic.inner;
         inner.partition(partition)?;
+        // A reclaimed meta region is on its way out: a commit stored there
+        // would be lost, so say so.
+        if inner.reclaimed() {
+            return Err(inner.expired());
+        }
         let table = Table::of(inner);
         for _ in 0..4 {
             let found = table.find_or_create(group)?;

@@ -213,8 +213,9 @@ impl Producer {
     }
 
     /// On a backpressure topic, bound how long a send waits for room
-    /// (`None`, the default, waits as long as it takes). A send that times out
-    /// returns [`Error::Full`] and publishes nothing.
+    /// (`None`, the default, or a timeout too large to represent as an
+    /// instant such as `Duration::MAX`, waits as long as it takes). A send
+    /// that times out returns [`Error::Full`] and publishes nothing.
     pub fn with_send_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.send_timeout = timeout;
         self

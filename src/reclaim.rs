@@ -139,9 +139,9 @@ impl std::fmt::Display for ReapAction {
                 expired_for,
             } => write!(
                 f,
-                "reclaimed topic {topic:?}: lease expired {:.1}s ago; removed {} regions",
+                "reclaimed topic {topic:?}: lease expired {:.1}s ago; removed {}",
                 expired_for.as_secs_f64(),
-                regions.len()
+                crate::error::plural(regions.len() as u64, "region")
             ),
             ReapAction::RemovedReclaimed { region } => {
                 write!(f, "removed {region}: already marked reclaimed")

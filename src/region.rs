@@ -46,6 +46,38 @@ fn bad(name: &str, problem: RegionProblem) -> Error {
     }
 }
 
+/// Why `Geometry::new(slots, slot_size)` refused a header's geometry: each
+/// field checked on its own, so the message names the one that is wrong.
+pub(crate) fn geometry_problem(slots: u64, slot_size: u64) -> RegionProblem {
+    let max = u64::from(u32::MAX >> 1);
+    RegionProblem::BadGeometry(if !slots.is_power_of_two() {
+        format!("slots {slots} is not a power of two")
+    } else if slot_size == 0 {
+        "slot_size is 0".to_string()
+    } else if slot_size > max {
+        format!("slot_size {slot_size} is larger than the largest possible, {max}")
+    } else {
+        format!("{slots} slots of {slot_size} bytes do not fit in memory")
+    })
+}
+
+/// If `/dev/shm/<name>` exists but is not a regular file (a directory, a
+/// symbolic link, ...), the error that says so: `shm_open` only reports an
+/// unhelpful `EINVAL` or `ELOOP` for those.
+fn not_an_object(name: &str) -> Option<Error> {
+    let meta = std::fs::symlink_metadata(std::path::Path::new(os::SHM_DIR).join(name)).ok()?;
+    let what = if meta.is_dir() {
+        "directory"
+    } else if meta.is_symlink() {
+        "symbolic link"
+    } else if meta.is_file() {
+        return None;
+    } else {
+        "special file"
+    };
+    Some(bad(name, RegionProblem::NotAnObject { what }))
+}
+
 impl Region {
     /// Region name (without the leading `/`).
     pub fn name(&self) -> &str {
@@ -133,7 +165,7 @@ impl Region {
         let fd = match os::shm_open_existing(name) {
             Ok(fd) => fd,
             Err(e) if e.errno == Errno::ENOENT => return Ok(None),
-            Err(e) => return Err(Error::from_os(e, 0)),
+            Err(e) => return Err(not_an_object(name).unwrap_or_else(|| Error::from_os(e, 0))),
         };
         let min = match kind {
             KIND_PARTITION => layout::PARTITION_HEADER,
@@ -241,15 +273,8 @@ impl Region {
     /// returns it. Call once after attach, then trust the returned geometry.
     pub fn partition_geometry(&self) -> Result<Geometry> {
         let h = self.partition_header();
-        let geo = Geometry::new(h.slots, h.slot_size).ok_or_else(|| {
-            bad(
-                &self.name,
-                RegionProblem::BadGeometry(format!(
-                    "slots {} (must be a power of two), slot_size {}",
-                    h.slots, h.slot_size
-                )),
-            )
-        })?;
+        let geo = Geometry::new(h.slots, h.slot_size)
+            .ok_or_else(|| bad(&self.name, geometry_problem(h.slots, h.slot_size)))?;
         if h.stride != geo.stride {
             return Err(bad(
                 &self.name,
@@ -259,8 +284,16 @@ impl Region {
                 )),
             ));
         }
-        if (self.map.len() as u64) < geo.region_len as u64 || h.region_len != geo.region_len as u64
-        {
+        if h.region_len != geo.region_len as u64 {
+            return Err(bad(
+                &self.name,
+                RegionProblem::BadGeometry(format!(
+                    "its header says it is {} bytes long, but {} slots of {} bytes take {}",
+                    h.region_len, geo.slots, geo.slot_size, geo.region_len
+                )),
+            ));
+        }
+        if self.map.len() < geo.region_len {
             return Err(bad(
                 &self.name,
                 RegionProblem::Truncated {
@@ -308,7 +341,16 @@ impl Region {
             ));
         }
         let need = layout::meta_region_len(geo.partitions, geo.group_cap, geo.member_cap);
-        if self.map.len() < need || h.region_len != need as u64 {
+        if h.region_len != need as u64 {
+            return Err(bad(
+                &self.name,
+                RegionProblem::BadGeometry(format!(
+                    "its header says it is {} bytes long, but {} partitions with {} groups of {} members take {need}",
+                    h.region_len, geo.partitions, geo.group_cap, geo.member_cap
+                )),
+            ));
+        }
+        if self.map.len() < need {
             return Err(bad(
                 &self.name,
                 RegionProblem::Truncated {

@@ -4,18 +4,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Overflow, TopicConfig};
+use crate::deadline::Deadline;
 use crate::error::{Error, RegionProblem, Result};
 use crate::layout::{Geometry, MetaHeader, PartitionHeader, KIND_META, KIND_PARTITION};
 use crate::lease::{self, LeaseExpired};
 use crate::name::{self, RegionName};
 use crate::os;
-use crate::region::{GroupView, MetaGeometry, Region};
+use crate::region::{GroupView, MetaGeometry, Region, ATTACH_WAIT};
 use crate::renewal::{self, RenewalPolicy};
 use crate::slots::MappedSlots;
 use crate::token::Token;
 
 /// Environment variable that selects the default namespace.
 pub const NAMESPACE_ENV: &str = "SHMQ_NAMESPACE";
+
+/// How long `open` waits, on finding a partition missing or foreign, for the
+/// topic's meta region to show the delete or reclaim in progress (a deleter
+/// removes partitions first and the meta region moments later). A topic
+/// still damaged after it is reported as such.
+const GONE_WAIT: Duration = Duration::from_millis(500);
 
 /// Entry point: manages the topics of one namespace.
 ///
@@ -125,16 +132,17 @@ impl TopicManager {
                 Err(Error::Os(e)) if e.errno == nix::errno::Errno::EEXIST => {
                     // We hold the meta name exclusively, so this is an orphan of
                     // an earlier topic: fence whoever still maps it, then replace.
-                    retire(&pname);
-                    Region::create_partition(
-                        &pname,
-                        geo,
-                        p,
-                        config.overflow.code(),
-                        config.mode,
-                        now,
-                        ttl,
-                    )
+                    retire(&pname).and_then(|_| {
+                        Region::create_partition(
+                            &pname,
+                            geo,
+                            p,
+                            config.overflow.code(),
+                            config.mode,
+                            now,
+                            ttl,
+                        )
+                    })
                 }
                 r => r,
             };
@@ -158,7 +166,8 @@ impl TopicManager {
     ///
     /// # Errors
     /// [`Error::TopicNotFound`], or [`Error::BadRegion`] if a region of the
-    /// topic is malformed, [`Error::LeaseExpired`] if it was reclaimed.
+    /// topic is malformed, [`Error::LeaseExpired`] if it was reclaimed (also
+    /// when a delete or the supervisor removes it while it is being opened).
     pub fn open(&self, topic: &str) -> Result<Topic> {
         name::validate_topic(topic)?;
         let meta_name = name::meta_region(&self.ns, topic);
@@ -195,60 +204,107 @@ impl TopicManager {
             max_groups: meta_geo.group_cap,
             max_members: meta_geo.member_cap,
         };
-        let geo = Geometry::new(config.slots, config.slot_size).ok_or_else(|| {
-            bad(RegionProblem::BadGeometry(format!(
-                "slots {} slot_size {}",
-                h.slots, h.slot_size
-            )))
-        })?;
+        let geo = Geometry::new(config.slots, config.slot_size)
+            .ok_or_else(|| bad(crate::region::geometry_problem(h.slots, h.slot_size)))?;
         let mut parts = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
             let pname = name::partition_region(&self.ns, topic, p);
-            let region =
-                Region::attach(&pname, KIND_PARTITION)?.ok_or_else(|| Error::BadRegion {
-                    region: pname.clone(),
-                    problem: RegionProblem::BadGeometry(
-                        "partition region missing (topic reclaimed?)".into(),
-                    ),
-                })?;
-            let pgeo = region.partition_geometry()?;
-            let ph = region.partition_header();
-            if pgeo != geo || ph.partition != p {
-                return Err(Error::BadRegion {
-                    region: pname,
-                    problem: RegionProblem::BadGeometry(format!(
-                        "partition {} with {} slots of {} bytes does not match topic's {} slots of {} bytes",
-                        ph.partition, pgeo.slots, pgeo.slot_size, geo.slots, geo.slot_size
-                    )),
-                });
+            match attach_partition(&pname, p, geo) {
+                Ok(region) if !lease::is_reclaimed(&region.partition_header().lease) => {
+                    parts.push(Partition { region, geo });
+                }
+                Ok(_) => return Err(self.lost(topic)),
+                // A partition missing or not matching the meta region is what
+                // an opener sees while a delete or the supervisor removes the
+                // topic (partitions go first), or after a new topic of the
+                // same name replaced them: the meta region we hold is then
+                // marked reclaimed or unlinked within moments, so wait for
+                // that. A scribbled partition is no race: look once.
+                Err((e, racy)) => {
+                    let wait = if racy { GONE_WAIT } else { Duration::ZERO };
+                    return Err(self.gone_or(topic, &meta, e, wait));
+                }
             }
-            if lease::is_reclaimed(&ph.lease) {
-                return Err(Error::LeaseExpired {
-                    topic: topic.to_string(),
-                });
-            }
-            parts.push(Partition { region, geo });
+        }
+        // Deleted while we attached: some partitions may be a new topic's.
+        if lease::is_reclaimed(&meta.meta_header().lease) {
+            return Err(self.lost(topic));
         }
         Ok(self.finish(topic, config, meta, meta_geo, parts))
+    }
+
+    fn lost(&self, topic: &str) -> Error {
+        Error::LeaseExpired {
+            topic: topic.to_string(),
+        }
+    }
+
+    /// `e` (a problem with a partition of `topic`), unless the topic's meta
+    /// region `meta` turns out to be going away: then [`Error::LeaseExpired`]
+    /// or [`Error::TopicNotFound`]. Waits up to `wait` for the deleter to
+    /// get there; a topic that stays damaged gets `e`.
+    fn gone_or(&self, topic: &str, meta: &Region, e: Error, wait: Duration) -> Error {
+        let deadline = Deadline::after(wait);
+        loop {
+            if lease::is_reclaimed(&meta.meta_header().lease) {
+                return self.lost(topic);
+            }
+            match os::shm_open_existing(meta.name()) {
+                Err(os) if os.errno == nix::errno::Errno::ENOENT => {
+                    return Error::TopicNotFound {
+                        namespace: self.ns.clone(),
+                        topic: topic.to_string(),
+                    }
+                }
+                _ if deadline.passed() => return e,
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
     }
 
     /// Open the topic, creating it with `config` if it does not exist.
     /// Either side of a producer/consumer pair may start first this way.
     ///
+    /// An existing topic is returned only if it was created with the same
+    /// configuration: every field of [`TopicConfig`] is compared (see
+    /// [`Error::ConfigMismatch`]). To take a topic as it is, whatever its
+    /// configuration, use [`TopicManager::open`].
+    ///
+    /// A topic being deleted or reclaimed while this runs is waited for (up
+    /// to [`ATTACH_WAIT`], the time a delete takes to finish) and created
+    /// anew.
+    ///
     /// # Errors
-    /// As [`TopicManager::create`] and [`TopicManager::open`].
+    /// [`Error::ConfigMismatch`], and as [`TopicManager::create`] and
+    /// [`TopicManager::open`]: [`Error::LeaseExpired`] if a reclaimed topic
+    /// of that name is still not removed after the wait.
     pub fn open_or_create(&self, topic: &str, config: TopicConfig) -> Result<Topic> {
-        for _ in 0..3 {
-            match self.open(topic) {
-                Err(Error::TopicNotFound { .. }) => {}
-                r => return r,
-            }
+        let deadline = Deadline::after(ATTACH_WAIT);
+        loop {
+            let gone = match self.open(topic) {
+                Ok(t) => {
+                    let differences = crate::config::differences(&config, t.config());
+                    if differences.is_empty() {
+                        return Ok(t);
+                    }
+                    return Err(Error::ConfigMismatch {
+                        topic: topic.to_string(),
+                        differences,
+                    });
+                }
+                Err(e @ (Error::TopicNotFound { .. } | Error::LeaseExpired { .. })) => e,
+                Err(e) => return Err(e),
+            };
             match self.create(topic, config.clone()) {
-                Err(Error::TopicExists { .. }) => {}
+                // Created by someone else since, or the old one is still
+                // being removed: look again.
+                Err(Error::TopicExists { .. }) if !deadline.passed() => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(Error::TopicExists { .. }) => return Err(gone),
                 r => return r,
             }
         }
-        self.open(topic)
     }
 
     fn finish(
@@ -278,26 +334,31 @@ impl TopicManager {
         Topic { inner }
     }
 
-    /// Delete a topic: mark every region reclaimed (attached processes get
-    /// [`Error::LeaseExpired`] on their next operation) and unlink them.
-    /// Returns whether anything was removed.
+    /// Delete a topic: unlink every region and mark it reclaimed (attached
+    /// processes get [`Error::LeaseExpired`] on their next operation).
+    /// Returns whether anything was removed (`false`: no such topic).
+    ///
+    /// Stops at the first region it may not remove, leaving that region and
+    /// the rest untouched (nothing is marked reclaimed that stays).
     ///
     /// # Errors
-    /// [`Error::InvalidName`], or an OS error while unlinking.
+    /// [`Error::InvalidName`], [`Error::PermissionDenied`] if this process
+    /// may not remove a region (another user's topic), [`Error::BadRegion`]
+    /// if a name of the topic is not a shared-memory object (e.g. a
+    /// directory), another OS error while unlinking.
     pub fn delete(&self, topic: &str) -> Result<bool> {
         name::validate_topic(topic)?;
         let prefix = name::topic_prefix(&self.ns, topic);
         let mut removed = false;
         let mut names = os::list_shm(&prefix)?;
-        // Partitions first, meta last: an opener never sees a meta whose
-        // partitions are already gone without also seeing them reclaimed.
+        // Partitions first, meta last: a concurrent creator cannot make a new
+        // topic of this name (its meta would collide) until we are done.
         names.sort_by_key(|n| n.ends_with(".meta"));
         for region in names {
             if let Some(RegionName::Meta { .. } | RegionName::Partition { .. }) =
                 name::parse(&self.ns, &region)
             {
-                retire(&region);
-                removed = true;
+                removed |= retire(&region)?;
             }
         }
         Ok(removed)
@@ -319,18 +380,85 @@ impl TopicManager {
     }
 }
 
-/// Mark a region reclaimed if it is a valid shmq region, then unlink it.
-fn retire(region: &str) {
-    for kind in [KIND_PARTITION, KIND_META] {
-        if let Ok(Some(r)) = Region::attach(region, kind) {
-            match kind {
-                KIND_PARTITION => lease::mark_reclaimed(&r.partition_header().lease),
-                _ => lease::mark_reclaimed(&r.meta_header().lease),
-            };
-            break;
-        }
+/// Unlink a region and, if it is a valid shmq region, mark it reclaimed so
+/// that processes still mapping it stop using it. Returns `false` if it was
+/// already gone.
+///
+/// The mark comes after a successful unlink: a caller who may not remove
+/// the region (another user's topic in the sticky `/dev/shm`) gets the error
+/// and changes nothing. The region is mapped before the unlink, so the mark
+/// still reaches it once its name is gone.
+fn retire(region: &str) -> Result<bool> {
+    let mapped = [KIND_PARTITION, KIND_META]
+        .into_iter()
+        .find_map(|kind| Some((kind, Region::attach(region, kind).ok()??)));
+    match os::shm_remove(region) {
+        Ok(()) => {}
+        Err(e) if e.errno == nix::errno::Errno::ENOENT => return Ok(false),
+        Err(e) => return Err(Error::from_os(e, 0)),
     }
-    let _ = os::shm_remove(region);
+    if let Some((kind, r)) = mapped {
+        match kind {
+            KIND_PARTITION => lease::mark_reclaimed(&r.partition_header().lease),
+            _ => lease::mark_reclaimed(&r.meta_header().lease),
+        };
+    }
+    Ok(true)
+}
+
+/// Attach partition `p` and check it against the topic's geometry. The
+/// error says whether a delete in progress can explain it (a missing or
+/// foreign partition) or not (a malformed one).
+fn attach_partition(pname: &str, p: u32, geo: Geometry) -> Result<Region, (Error, bool)> {
+    let region = match Region::attach(pname, KIND_PARTITION) {
+        Ok(Some(region)) => region,
+        Ok(None) => {
+            let missing = Error::BadRegion {
+                region: pname.to_string(),
+                problem: RegionProblem::BadGeometry(
+                    "partition region missing while its topic's meta region exists (removed \
+                     by hand, or a delete died half-way); delete the topic"
+                        .into(),
+                ),
+            };
+            return Err((missing, true));
+        }
+        Err(e) => return Err((e, false)),
+    };
+    let pgeo = region.partition_geometry().map_err(|e| (e, false))?;
+    let ph = region.partition_header();
+    let mut wrong = Vec::new();
+    if ph.partition != p {
+        wrong.push(format!("it says it is partition {}", ph.partition));
+    }
+    if pgeo.slots != geo.slots {
+        wrong.push(format!(
+            "it has {} slots, the topic {}",
+            pgeo.slots, geo.slots
+        ));
+    }
+    if pgeo.slot_size != geo.slot_size {
+        wrong.push(format!(
+            "its slots hold {} bytes, the topic's {}",
+            pgeo.slot_size, geo.slot_size
+        ));
+    }
+    if wrong.is_empty() && pgeo != geo {
+        wrong.push(format!(
+            "its layout {pgeo:?} differs from the topic's {geo:?}"
+        ));
+    }
+    if !wrong.is_empty() {
+        let foreign = Error::BadRegion {
+            region: pname.to_string(),
+            problem: RegionProblem::BadGeometry(format!(
+                "does not belong to its topic as partition {p}: {}",
+                wrong.join(", ")
+            )),
+        };
+        return Err((foreign, true));
+    }
+    Ok(region)
 }
 
 /// An open topic: its configuration and mapped regions. Cheap to clone; the

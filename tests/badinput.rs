@@ -536,3 +536,92 @@ fn scribbled_sequence_words_neither_jam_the_writer_nor_move_readers_ahead() {
     }
     guard.finish();
 }
+
+/// `open`'s error message for a topic whose region was scribbled.
+#[track_caller]
+fn open_error(mgr: &TopicManager, topic: &str) -> String {
+    match mgr.open(topic) {
+        Err(e @ Error::BadRegion { .. }) => e.to_string(),
+        other => panic!("expected BadRegion, got {other:?}"),
+    }
+}
+
+#[test]
+fn region_messages_name_what_is_actually_wrong() {
+    use shmq::layout::{MetaHeader, PartitionHeader};
+    use std::mem::offset_of;
+    let guard = ShmGuard::new("messages");
+    let ns = guard.ns().to_string();
+    {
+        let mgr = guard.manager();
+        for t in ["len", "metalen", "size", "index"] {
+            mgr.create(t, small()).unwrap();
+        }
+        let len = file_len(&part(&ns, "len", 0));
+
+        // The header's length field disagrees with its geometry while the
+        // object is the right size: not "is N bytes but requires N".
+        let off = offset_of!(PartitionHeader, region_len) as u64;
+        scribble(&part(&ns, "len", 0), off, &(len + 4096).to_le_bytes());
+        let msg = open_error(&mgr, "len");
+        assert!(
+            msg.contains(&format!("header says it is {} bytes long", len + 4096))
+                && msg.contains(&format!("take {len}")),
+            "{msg}"
+        );
+        let meta_len = file_len(&meta(&ns, "metalen"));
+        let off = offset_of!(MetaHeader, region_len) as u64;
+        scribble(&meta(&ns, "metalen"), off, &(meta_len - 64).to_le_bytes());
+        let msg = open_error(&mgr, "metalen");
+        assert!(
+            msg.contains(&format!("header says it is {} bytes long", meta_len - 64))
+                && msg.contains(&format!("take {meta_len}")),
+            "{msg}"
+        );
+
+        // slot_size 2^31 with a power-of-two slot count: the message names
+        // slot_size, not the slot count.
+        let off = offset_of!(PartitionHeader, slot_size) as u64;
+        scribble(&part(&ns, "size", 1), off, &(1u64 << 31).to_le_bytes());
+        let msg = open_error(&mgr, "size");
+        assert!(
+            msg.contains("slot_size 2147483648 is larger than the largest possible")
+                && !msg.contains("power of two"),
+            "{msg}"
+        );
+
+        // Partition 0's header says it is partition 1: the message says
+        // that, not "8 slots of 64 bytes does not match 8 slots of 64 bytes".
+        let off = offset_of!(PartitionHeader, partition) as u64;
+        scribble(&part(&ns, "index", 0), off, &1u32.to_le_bytes());
+        let msg = open_error(&mgr, "index");
+        assert!(
+            msg.contains("as partition 0: it says it is partition 1") && !msg.contains("slots"),
+            "{msg}"
+        );
+    }
+    guard.finish();
+}
+
+#[test]
+fn counts_in_messages_are_pluralised() {
+    let guard = ShmGuard::new("plural");
+    {
+        let mgr = guard.manager();
+        let topic = mgr
+            .create("one", small().partitions(1).slot_size(1))
+            .unwrap();
+        let mut p = Producer::new(&topic).unwrap();
+        let err = p.send_to(5, None, b"x").unwrap_err().to_string();
+        assert!(
+            err.contains("has 1 partition") && !err.contains("1 partitions"),
+            "{err}"
+        );
+        let err = p.send(b"xy").unwrap_err().to_string();
+        assert!(
+            err.contains("message of 2 bytes") && err.contains("slot of 1 byte;"),
+            "{err}"
+        );
+    }
+    guard.finish();
+}

@@ -254,8 +254,16 @@ fn producer_first_then_consumer_attaches() {
     assert_eq!(lines.expect("ready"), "200");
     {
         let mgr = guard.manager();
-        // Asking for other geometry proves we attached rather than created.
-        let topic = mgr.open_or_create("events", config(2, 1024)).unwrap();
+        // Other geometry is refused, not silently replaced or ignored.
+        match mgr.open_or_create("events", config(2, 1024)) {
+            Err(shmq::Error::ConfigMismatch { differences, .. }) => {
+                assert_eq!(differences.len(), 1);
+                assert_eq!(differences[0].field, "slots");
+            }
+            other => panic!("expected ConfigMismatch, got {other:?}"),
+        }
+        // The same configuration attaches (the write offset proves it).
+        let topic = mgr.open_or_create("events", config(2, 256)).unwrap();
         assert_eq!(topic.config().slots, 256);
         assert_eq!(topic.write_offset(0).unwrap(), 100);
         let mut consumer = Consumer::new(&topic, "g").unwrap();
@@ -281,10 +289,10 @@ fn consumer_first_then_producer_attaches() {
         assert_eq!(mgr.list().unwrap(), vec!["events".to_string()]);
         let mut consumer = Consumer::new(&topic, "g").unwrap();
         assert!(consumer.poll(10).unwrap().is_empty());
-        // The child asks for 1024 slots but must attach to our 256.
+        // The child asks for the same configuration and attaches to ours.
         let mut child = spawn_child(
             "attach_producer",
-            &[&ns, "events", "2", "1024", "400", "256", "nowait"],
+            &[&ns, "events", "2", "256", "400", "256", "nowait"],
         );
         let lines = ChildLines::new(&mut child);
         let got = collect(&mut consumer, 400);

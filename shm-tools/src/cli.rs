@@ -22,9 +22,10 @@ producer (or fenced), 8 lease expired / topic reclaimed, 9 timed out / full,
 or member table full."
 )]
 pub struct Cli {
-    /// Namespace (isolates deployments); default from SHMQ_NAMESPACE, else "default".
-    #[arg(long, global = true, env = "SHMQ_NAMESPACE", default_value = "default")]
-    pub namespace: String,
+    /// Namespace (isolates deployments); default from SHMQ_NAMESPACE, else
+    /// "default" (for `demo`: a private one).
+    #[arg(long, global = true, env = "SHMQ_NAMESPACE")]
+    pub namespace: Option<String>,
     /// The verb.
     #[command(subcommand)]
     pub command: Command,

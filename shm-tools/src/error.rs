@@ -6,7 +6,7 @@
 //! | 1 | failure: a check failed (demo lost/corrupt records, ...) or an OS error |
 //! | 2 | usage: bad arguments, bad name, bad duration (clap also uses 2) |
 //! | 3 | topic not found |
-//! | 4 | topic already exists |
+//! | 4 | topic already exists (or exists with another configuration) |
 //! | 5 | message too large for the topic's slots |
 //! | 6 | permission denied |
 //! | 7 | partition held by another live producer, or fenced |
@@ -71,7 +71,7 @@ impl From<shmq::Error> for CliError {
             | E::NoSuchPartition { .. }
             | E::NotOwned { .. } => 2,
             E::TopicNotFound { .. } => 3,
-            E::TopicExists { .. } => 4,
+            E::TopicExists { .. } | E::ConfigMismatch { .. } => 4,
             E::MessageTooLarge { .. } => 5,
             E::PermissionDenied { .. } => 6,
             E::PartitionHeld { .. } | E::Fenced { .. } | E::NoFreePartitions { .. } => 7,

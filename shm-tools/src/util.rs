@@ -190,6 +190,32 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `1 partition`, `2 partitions`: a count with its noun, pluralised.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// A byte count for people: `512 B`, `35.1 KiB`, `4.0 MiB`, `1.50 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    let x = n as f64;
+    if n < KIB {
+        format!("{n} B")
+    } else if n < MIB {
+        format!("{:.1} KiB", x / KIB as f64)
+    } else if n < GIB {
+        format!("{:.1} MiB", x / MIB as f64)
+    } else {
+        format!("{:.2} GiB", x / GIB as f64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +267,17 @@ mod tests {
         assert!(mono_ns() > 0);
         let t = table(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "a    bb\nxyz  1\n");
+    }
+
+    #[test]
+    fn counts_and_sizes_read_well() {
+        assert_eq!(plural(1, "partition"), "1 partition");
+        assert_eq!(plural(0, "partition"), "0 partitions");
+        assert_eq!(plural(4, "message"), "4 messages");
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(35_968), "35.1 KiB");
+        assert_eq!(human_bytes(4 << 20), "4.0 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.50 GiB");
     }
 }

@@ -429,7 +429,12 @@ fn follow_waits_for_new_messages_and_commits_on_interrupt() {
 #[test]
 fn demo_sends_and_verifies_across_processes() {
     let ns = Ns::new("dm");
-    let out = ns.run(&["demo", "--messages", "20000", "--probe", "2000"]);
+    // No namespace chosen: the demo makes its own.
+    let out = Command::new(BIN)
+        .env_remove("SHMQ_NAMESPACE")
+        .args(["demo", "--messages", "20000", "--probe", "2000"])
+        .output()
+        .expect("run shmq demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed: {stdout}\n{stderr}");
@@ -457,25 +462,170 @@ fn demo_fails_when_a_message_is_lost_or_corrupt() {
         ("skip", "lost 1, corrupt 0"),
         ("corrupt", "lost 1, corrupt 1"),
     ] {
-        let out = ns.run(&[
-            "demo",
-            "--messages",
-            "2000",
-            "--probe",
-            "0",
-            "--inject-fault",
-            fault,
-        ]);
+        // The namespace chosen with --namespace is used (not ignored), and
+        // only the demo's own topic is removed from it.
+        let out = Command::new(BIN)
+            .env_remove("SHMQ_NAMESPACE")
+            .args([
+                "--namespace",
+                &ns.0,
+                "demo",
+                "--messages",
+                "2000",
+                "--probe",
+                "0",
+                "--inject-fault",
+                fault,
+            ])
+            .output()
+            .expect("run shmq demo");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{fault}: {stdout}\n{stderr}");
         assert!(stdout.contains(want), "{fault}: {stdout}");
         assert!(stderr.contains("verification failed"), "{fault}: {stderr}");
-        let private = stdout
-            .split("private namespace \"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .expect("namespace in the report");
-        assert_eq!(shm_files(&format!("shmq.{private}.")), Vec::<String>::new());
+        assert!(
+            stdout.contains(&format!("topic \"demo\" in namespace \"{}\"", ns.0)),
+            "{fault}: {stdout}"
+        );
+        assert_eq!(
+            ns.files().iter().filter(|f| f.contains(".demo.")).count(),
+            0
+        );
     }
+    // An existing "demo" topic is refused rather than replaced or deleted.
+    ns.ok(&["create", "demo", "--partitions", "1"]);
+    let err = ns.fails(&["demo", "--messages", "10"], b"", 4);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        ns.files().iter().filter(|f| f.contains(".demo.")).count(),
+        2
+    );
+    ns.ok(&["delete", "demo"]);
+}
+
+/// Whether this test runs as root (needed to run `shmq` as another user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+#[test]
+fn delete_by_a_user_who_may_not_remove_the_topic_fails_and_changes_nothing() {
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to run shmq as user nobody (65534)");
+        return;
+    }
+    let ns = Ns::new("du");
+    for mode in ["0600", "0666"] {
+        ns.ok(&[
+            "create",
+            "t",
+            "--partitions",
+            "2",
+            "--slots",
+            "8",
+            "--slot-size",
+            "8",
+            "--mode",
+            mode,
+        ]);
+        let regions = |ns: &Ns| {
+            let mut v: Vec<String> = ns
+                .files()
+                .into_iter()
+                .filter(|f| f.contains(".t."))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = regions(&ns);
+        assert_eq!(before.len(), 3, "{before:?}");
+        // /dev/shm is sticky: nobody may not unlink root's files (and with
+        // 0600 not even open them).
+        let out = ns
+            .cmd(&["delete", "t"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run shmq as nobody");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "mode {mode}: {stdout}\n{stderr}"
+        );
+        assert!(!stdout.contains("deleted"), "mode {mode}: {stdout}");
+        assert!(
+            stderr.contains("permission denied"),
+            "mode {mode}: {stderr}"
+        );
+        assert_eq!(regions(&ns), before, "mode {mode}");
+        // Not marked reclaimed either: the topic still works.
+        let sent = ns.ok_with(&["produce", "t"], b"here\n");
+        assert!(sent.starts_with("sent 1 message"), "mode {mode}: {sent}");
+        ns.ok(&["delete", "t"]);
+    }
+}
+
+#[test]
+fn delete_of_a_directory_named_like_a_topic_fails() {
+    let ns = Ns::new("dd");
+    let dir = format!("/dev/shm/shmq.{}.d.meta", ns.0);
+    std::fs::create_dir(&dir).unwrap();
+    let out = ns.run(&["delete", "d"]);
+    std::fs::remove_dir(&dir).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("deleted"), "{stdout}");
+    assert!(
+        stderr.contains("is a directory") && stderr.contains("by hand"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn counts_and_sizes_read_well() {
+    let ns = Ns::new("pl");
+    let out = ns.ok(&[
+        "create",
+        "t",
+        "--partitions",
+        "1",
+        "--slots",
+        "8",
+        "--slot-size",
+        "8",
+    ]);
+    assert!(
+        out.contains("1 partition x 8 slots of 8 bytes") && !out.contains("partitions"),
+        "{out}"
+    );
+    // 8 slots of 32 bytes plus the header: 1 KiB, not "0.0 MiB".
+    assert!(
+        out.contains("(1.0 KiB in /dev/shm)") && !out.contains("MiB"),
+        "{out}"
+    );
+    let info = ns.ok(&["info", "t"]);
+    assert!(info.contains("1 partition x 8 slots"), "{info}");
+    let big = ns.ok(&[
+        "create",
+        "big",
+        "--partitions",
+        "2",
+        "--slots",
+        "1024",
+        "--slot-size",
+        "1000",
+    ]);
+    assert!(
+        big.contains("2 partitions x 1024 slots of 1000 bytes"),
+        "{big}"
+    );
+    assert!(big.contains("2.0 MiB in /dev/shm"), "{big}");
+    ns.ok(&["delete", "t"]);
+    ns.ok(&["delete", "big"]);
 }

@@ -131,8 +131,15 @@ fn write_record(out: &mut impl Write, r: &Record, format: ConsumeFormat) -> std:
 fn report_loss(p: &Polled) {
     for l in &p.lagged {
         eprintln!(
-            "shmq: partition {}: {} messages were overwritten before this consumer read them; resumed at offset {}",
-            l.partition, l.missed, l.resumed_at
+            "shmq: partition {}: {} overwritten before this consumer read {}; resumed at offset {}",
+            l.partition,
+            if l.missed == 1 {
+                "1 message was".to_string()
+            } else {
+                format!("{} messages were", l.missed)
+            },
+            if l.missed == 1 { "it" } else { "them" },
+            l.resumed_at
         );
     }
     if p.corrupt > 0 {

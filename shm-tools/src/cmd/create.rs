@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use shmq::{Overflow, TopicConfig, TopicManager};
 
 use crate::error::CliResult;
-use crate::util::{fmt_duration, parse_duration, parse_mode};
+use crate::util::{fmt_duration, human_bytes, parse_duration, parse_mode, plural};
 
 /// Overflow policy, as typed on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -100,20 +100,20 @@ pub fn run(ns: &str, args: CreateArgs) -> CliResult {
     let topic = mgr.create(&args.topic, config.clone())?;
     let bytes_per_partition =
         shmq::layout::partition_region_len(config.slots, config.slot_size).unwrap_or(0) as u64;
-    let total = bytes_per_partition * u64::from(config.partitions);
+    let total = bytes_per_partition.saturating_mul(u64::from(config.partitions));
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "created topic {:?} in namespace {:?}: {} partitions x {} slots of {} bytes, {}, retention {}, mode {:04o} ({:.1} MiB in /dev/shm)",
+        "created topic {:?} in namespace {:?}: {} x {} of {}, {}, retention {}, mode {:04o} ({} in /dev/shm)",
         topic.name(),
         ns,
-        config.partitions,
-        config.slots,
-        config.slot_size,
+        plural(u64::from(config.partitions), "partition"),
+        plural(config.slots, "slot"),
+        plural(config.slot_size, "byte"),
         overflow_name(config.overflow),
         fmt_duration(config.retention),
         config.mode,
-        total as f64 / (1024.0 * 1024.0),
+        human_bytes(total),
     )?;
     Ok(())
 }

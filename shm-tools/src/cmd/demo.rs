@@ -1,8 +1,9 @@
 //! `shmq demo`: a producer process and a consumer process exchange messages
 //! through a private topic; every message is verified and timed.
 //!
-//! The parent creates a backpressure topic in a private namespace
-//! (`demo<pid>`), starts the consumer (a re-execution of this binary as the
+//! The parent creates a backpressure topic `demo` in a private namespace
+//! (`demo<pid>`, or the one chosen with `--namespace` / `SHMQ_NAMESPACE`),
+//! starts the consumer (a re-execution of this binary as the
 //! hidden `demo-consumer` verb), waits until it has registered its consumer
 //! group (it prints `ready`), then starts the producer (`demo-producer`).
 //! Backpressure makes the writer wait for the group's committed offsets, so
@@ -41,11 +42,11 @@ use shmq::{
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{CliError, CliResult};
-use crate::util::{fmt_ns, mono_ns, thousands};
+use crate::util::{fmt_ns, mono_ns, plural, thousands};
 
 /// Smallest message: sequence number, send time and checksum.
 pub const MIN_SIZE: usize = 24;
-/// Topic name used inside the private namespace.
+/// Topic name of the demo (in its private namespace, or the chosen one).
 const TOPIC: &str = "demo";
 /// Consumer group of the demo consumer.
 const GROUP: &str = "demo";
@@ -104,7 +105,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
 #[command(after_help = "\
 Two phases through one topic: --messages sent flat out (throughput, and the
 latency of a saturated queue), then --probe more at a steady --probe-rate
-(latency of an unsaturated queue). Runs in a private namespace (demo<pid>)
+(latency of an unsaturated queue). Runs in a private namespace (demo<pid>),
+or as topic \"demo\" in the namespace chosen with --namespace or SHMQ_NAMESPACE,
 and removes everything it created, also on failure or Ctrl-C. Exits 1 if any
 message was lost, corrupt, duplicated or out of order.
 
@@ -520,6 +522,8 @@ pub fn run_consumer(ns: &str, args: ConsumerArgs) -> CliResult {
 /// Owns everything the demo created and removes it, also on failure.
 struct Cleanup {
     ns: String,
+    /// The namespace is the demo's own (`demo<pid>`), not a chosen one.
+    private: bool,
     children: Vec<Child>,
     topic: Option<Topic>,
     mgr: Option<TopicManager>,
@@ -541,6 +545,12 @@ impl Cleanup {
         }
         self.topic = None;
         self.mgr = None;
+        if !self.private {
+            // Someone else's namespace: only the demo topic is ours (dead
+            // tokens there are the supervisor's business).
+            let prefix = shmq::name::topic_prefix(&self.ns, TOPIC);
+            return shmq::os::list_shm(&prefix).unwrap_or_default();
+        }
         let prefix = shmq::name::namespace_prefix(&self.ns);
         let files = shmq::os::list_shm(&prefix).unwrap_or_default();
         for f in &files {
@@ -602,11 +612,12 @@ fn tell_done(stdin: &mut Option<ChildStdin>, sent: u64) {
 }
 
 /// Run `shmq demo`.
-pub fn run(_ns: &str, args: DemoArgs) -> CliResult {
+pub fn run(chosen: Option<&str>, args: DemoArgs) -> CliResult {
     if args.messages == 0 {
         return Err(CliError::usage("--messages must be at least 1"));
     }
-    let ns = format!("demo{}", std::process::id());
+    let private = chosen.is_none();
+    let ns = chosen.map_or_else(|| format!("demo{}", std::process::id()), str::to_string);
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, interrupted.clone())
@@ -625,6 +636,7 @@ pub fn run(_ns: &str, args: DemoArgs) -> CliResult {
     let topic = mgr.create(TOPIC, config)?;
     let mut cleanup = Cleanup {
         ns: ns.clone(),
+        private,
         children: Vec::new(),
         topic: Some(topic),
         mgr: Some(mgr),
@@ -632,7 +644,7 @@ pub fn run(_ns: &str, args: DemoArgs) -> CliResult {
     let result = drive(&ns, &args, &mut cleanup, &interrupted);
     let left = cleanup.run();
     let report = result?;
-    print_report(&ns, &args, &report, &left)?;
+    print_report(&ns, private, &args, &report, &left)?;
     let r = &report.consumer;
     if !left.is_empty() {
         return Err(CliError::failed(format!(
@@ -680,10 +692,15 @@ fn drive(
         }
         v
     };
+    // Saturating: a huge --messages or --probe means "no time limit", never
+    // an overflow panic.
     let budget = Duration::from_secs(60)
-        + Duration::from_micros(args.messages.saturating_mul(20))
-        + Duration::from_secs_f64(2.0 * args.probe as f64 / args.probe_rate as f64);
-    let deadline = Instant::now() + budget;
+        .saturating_add(Duration::from_micros(args.messages.saturating_mul(20)))
+        .saturating_add(
+            Duration::try_from_secs_f64(2.0 * args.probe as f64 / args.probe_rate as f64)
+                .unwrap_or(Duration::MAX),
+        );
+    let deadline = Instant::now().checked_add(budget);
     let wait_name = args
         .wait
         .to_possible_value()
@@ -730,7 +747,7 @@ fn drive(
         if interrupted.load(Ordering::Relaxed) {
             return Err(CliError::failed("interrupted; removed the demo's regions"));
         }
-        if Instant::now() > deadline {
+        if deadline.is_some_and(|d| Instant::now() > d) {
             return Err(CliError::failed(format!(
                 "the demo did not finish within {} s; stopped it",
                 budget.as_secs()
@@ -794,7 +811,13 @@ fn print_latency(out: &mut impl Write, what: &str, l: &Latency) -> std::io::Resu
     )
 }
 
-fn print_report(ns: &str, args: &DemoArgs, o: &Outcome, left: &[String]) -> CliResult {
+fn print_report(
+    ns: &str,
+    private: bool,
+    args: &DemoArgs,
+    o: &Outcome,
+    left: &[String],
+) -> CliResult {
     let c = &o.consumer;
     let p = o.producer.as_ref();
     let mut out = std::io::stdout().lock();
@@ -809,8 +832,10 @@ fn print_report(ns: &str, args: &DemoArgs, o: &Outcome, left: &[String]) -> CliR
     )?;
     writeln!(
         out,
-        "  topic {TOPIC:?} in private namespace {ns:?}: {} partitions x {} slots, backpressure (the writer may not overwrite unread messages)",
-        args.partitions, args.slots
+        "  topic {TOPIC:?} in {}namespace {ns:?}: {} x {}, backpressure (the writer may not overwrite unread messages)",
+        if private { "private " } else { "" },
+        plural(u64::from(args.partitions), "partition"),
+        plural(args.slots, "slot")
     )?;
     match p {
         Some(p) => writeln!(
@@ -876,7 +901,12 @@ fn print_report(ns: &str, args: &DemoArgs, o: &Outcome, left: &[String]) -> CliR
     if left.is_empty() {
         writeln!(
             out,
-            "  cleaned up: nothing of namespace {ns:?} left in /dev/shm"
+            "  cleaned up: nothing of {} left in /dev/shm",
+            if private {
+                format!("namespace {ns:?}")
+            } else {
+                format!("topic {TOPIC:?} of namespace {ns:?}")
+            }
         )?;
     }
     Ok(())

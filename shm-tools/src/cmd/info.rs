@@ -33,7 +33,7 @@ use shmq::{RenewalPolicy, Topic, TopicManager, TopicStats, WriterInfo};
 use crate::cli::Format;
 use crate::cmd::create::overflow_name;
 use crate::error::CliResult;
-use crate::util::{fmt_duration, fmt_duration_approx, table, unix_ns};
+use crate::util::{fmt_duration, fmt_duration_approx, plural, table, unix_ns};
 
 /// Arguments of `shmq info`.
 #[derive(Debug, Args)]
@@ -180,12 +180,12 @@ pub fn run(ns: &str, args: InfoArgs) -> CliResult {
             let now = unix_ns();
             writeln!(
                 out,
-                "topic {:?} (namespace {:?}): {} partitions x {} slots of {} bytes, {}, retention {}, mode {:04o}; lease left {}",
+                "topic {:?} (namespace {:?}): {} x {} of {}, {}, retention {}, mode {:04o}; lease left {}",
                 topic.name(),
                 ns,
-                c.partitions,
-                c.slots,
-                c.slot_size,
+                plural(u64::from(c.partitions), "partition"),
+                plural(c.slots, "slot"),
+                plural(c.slot_size, "byte"),
                 overflow_name(c.overflow),
                 fmt_duration(c.retention),
                 c.mode,

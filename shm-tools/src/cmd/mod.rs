@@ -17,9 +17,11 @@ use crate::error::CliResult;
 
 /// Run the chosen verb.
 pub fn dispatch(cli: Cli) -> CliResult {
-    let ns = cli.namespace;
+    // `demo` runs in a private namespace unless one was chosen.
+    let chosen = cli.namespace.clone();
+    let ns = cli.namespace.unwrap_or_else(|| "default".to_string());
     match cli.command {
-        Command::Demo(a) => demo::run(&ns, a),
+        Command::Demo(a) => demo::run(chosen.as_deref(), a),
         Command::Create(a) => create::run(&ns, a),
         Command::List(a) => list::run(&ns, a),
         Command::Info(a) => info::run(&ns, a),

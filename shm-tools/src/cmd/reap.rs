@@ -9,7 +9,7 @@ use shmq::reclaim::{self, ReapAction, ReapOptions, ReapReport};
 
 use crate::cli::Format;
 use crate::error::CliResult;
-use crate::util::parse_duration;
+use crate::util::{parse_duration, plural};
 
 /// Arguments of `shmq reap`.
 #[derive(Debug, Args)]
@@ -121,11 +121,11 @@ pub fn run(ns: &str, args: ReapArgs) -> CliResult {
                 }
                 writeln!(
                     std::io::stdout().lock(),
-                    "{}: {} actions, {} live topics, {} live processes{}",
+                    "{}: {}, {}, {}{}",
                     r.namespace,
-                    r.actions.len(),
-                    r.live_topics,
-                    r.live_tokens,
+                    plural(r.actions.len() as u64, "action"),
+                    plural(r.live_topics as u64, "live topic"),
+                    plural(r.live_tokens as u64, "live process"),
                     if r.dry_run {
                         " (dry run: nothing changed)"
                     } else {
