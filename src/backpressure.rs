@@ -98,7 +98,8 @@ pub(crate) fn wait_for_room(
         }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
-            inner.parts[p as usize]
+            inner
+                .part(p)
                 .header()
                 .full_events
                 .fetch_add(1, Ordering::Relaxed);

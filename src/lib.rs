@@ -36,6 +36,7 @@
 mod sync;
 
 pub mod group_protocol;
+pub mod growth;
 pub mod layout;
 pub mod lease;
 pub mod ring;

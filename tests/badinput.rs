@@ -330,13 +330,17 @@ fn scribbled_meta_regions_are_refused() {
             Err(Error::TopicExists { .. })
         ));
 
-        scribble(&meta(&ns, "version"), 8, &2u32.to_le_bytes());
+        scribble(
+            &meta(&ns, "version"),
+            8,
+            &(LAYOUT_VERSION + 1).to_le_bytes(),
+        );
         assert_bad_region(
             &mgr,
             "version",
             &meta(&ns, "version"),
             RegionProblem::BadVersion {
-                found: 2,
+                found: LAYOUT_VERSION + 1,
                 expected: LAYOUT_VERSION,
             },
         );

@@ -5,7 +5,8 @@
 //! ```text
 //! { "namespace", "topic",
 //!   "config": { "partitions", "slots", "slot_size", "overflow", "retention_ms",
-//!               "mode" ("0600"), "dead_group_timeout_ms" },
+//!               "mode" ("0600"), "dead_group_timeout_ms",
+//!               "max_partitions" },                // "partitions": the count now
 //!   "lease_expiry_ns", "lease_left_ms",          // null once reclaimed
 //!   "messages",                                  // sum of write offsets
 //!   "partitions": [ { "partition", "write_offset", "depth",
@@ -137,13 +138,14 @@ pub fn info_json(ns: &str, topic: &Topic, stats: &TopicStats) -> Value {
         "namespace": ns,
         "topic": topic.name(),
         "config": {
-            "partitions": c.partitions,
+            "partitions": stats.partitions.len(),
             "slots": c.slots,
             "slot_size": c.slot_size,
             "overflow": overflow_name(c.overflow),
             "retention_ms": c.retention.as_millis() as u64,
             "mode": format!("{:04o}", c.mode),
             "dead_group_timeout_ms": c.dead_group_timeout.as_millis() as u64,
+            "max_partitions": c.max_partitions,
         },
         "lease_expiry_ns": meta_expiry.filter(|&e| e != RECLAIMED),
         "lease_left_ms": left_ms(meta_expiry, now),
@@ -179,7 +181,7 @@ pub fn run(ns: &str, args: InfoArgs) -> CliResult {
                 "topic {:?} (namespace {:?}): {} partitions x {} slots of {} bytes, {}, retention {}, mode {:04o}; lease left {}",
                 topic.name(),
                 ns,
-                c.partitions,
+                stats.partitions.len(),
                 c.slots,
                 c.slot_size,
                 overflow_name(c.overflow),
