@@ -569,6 +569,7 @@ impl Consumer {
         // Park at most 100 ms at a time so a reclaimed topic is noticed.
         let cap = Instant::now() + Duration::from_millis(100);
         let deadline = Some(deadline.map_or(cap, |d| d.min(cap)));
+        waiter.watch_growth((self.growth != Growth::Off).then_some(self.seen));
         waiter.wait(inner.meta.meta_header(), parts, deadline);
     }
 
