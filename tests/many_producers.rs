@@ -30,7 +30,7 @@ fn encode(producer: u32, seq: u64, key: u32) -> Vec<u8> {
     v.extend_from_slice(&key.to_le_bytes());
     let sum = fnv64(&v);
     v.extend_from_slice(&sum.to_le_bytes());
-    v.extend(std::iter::repeat_n(b'x', (seq % 17) as usize));
+    v.resize(v.len() + (seq % 17) as usize, b'x');
     v
 }
 
@@ -448,6 +448,113 @@ fn a_dead_producers_partition_is_reused_before_the_topic_grows() {
         assert_eq!(third.partitions(), vec![2]);
         drop((first, second, third));
         guard.reap_dead_tokens();
+    }
+    guard.finish();
+}
+
+/// Write `bytes` at `offset` of a `/dev/shm` region, as a crashed or buggy
+/// process could have left them.
+fn scribble(region: &str, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(common::shm_path(region))
+        .unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+#[test]
+fn a_grower_that_died_mid_growth_is_replaced() {
+    let guard = ShmGuard::new("mphalf");
+    let ns = guard.ns().to_string();
+    {
+        let mgr = guard.manager();
+        let topic = mgr
+            .create(
+                "half",
+                TopicConfig::default().partitions(1).slot_size(SLOT as u64),
+            )
+            .unwrap();
+        let first = Producer::new(&topic).unwrap();
+        // A process (token 0x0bad_cafe, long dead: no token file) claimed
+        // the growth of partition 1 and died after creating its region's
+        // file, before initialising it.
+        let dead: u32 = 0x0bad_cafe;
+        assert!(shmq::token::probe(&ns, dead).is_dead());
+        let claim = shmq::growth::pack(1, dead);
+        let meta = shmq::name::meta_region(&ns, "half");
+        let grow_at = std::mem::offset_of!(shmq::layout::MetaHeader, grow) as u64;
+        scribble(&meta, grow_at, &claim.to_le_bytes());
+        let half = shmq::name::partition_region(&ns, "half", 1);
+        std::fs::write(common::shm_path(&half), [0xA5u8; 100]).unwrap();
+        assert_eq!(topic.partitions(), 1, "not published");
+
+        // The next producer that needs a partition takes the dead claim
+        // over, replaces the half-made region and publishes it.
+        let mut second = Producer::new(&topic).unwrap();
+        assert_eq!(second.partitions(), vec![1]);
+        assert_eq!(topic.partitions(), 2);
+        let sent = second.send(b"after the crash").unwrap();
+        assert_eq!((sent.partition, sent.offset), (1, 0));
+        let mut c = Consumer::new(&topic, "g").unwrap();
+        let got = c.poll(10).unwrap();
+        assert_eq!(got.records.len(), 1);
+        assert_eq!(got.records[0].value, b"after the crash");
+        // And a fresh process sees a complete topic.
+        let other = TopicManager::with_namespace(&ns).unwrap();
+        assert_eq!(other.open("half").unwrap().partitions(), 2);
+        drop((first, second, c));
+    }
+    guard.finish();
+}
+
+#[test]
+fn growth_stops_at_max_partitions_with_an_actionable_error() {
+    let guard = ShmGuard::new("mpmax");
+    {
+        let mgr = guard.manager();
+        let topic = mgr
+            .create(
+                "cap",
+                TopicConfig::default()
+                    .partitions(1)
+                    .max_partitions(2)
+                    .slot_size(SLOT as u64),
+            )
+            .unwrap();
+        assert_eq!(topic.max_partitions(), 2);
+        let a = Producer::new(&topic).unwrap();
+        let b = Producer::new(&topic).unwrap();
+        assert_eq!((a.partitions(), b.partitions()), (vec![0], vec![1]));
+        let err = Producer::new(&topic).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                shmq::Error::PartitionLimit {
+                    max_partitions: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("--max-partitions"), "{err}");
+        assert!(matches!(
+            Producer::with_partitions(&topic, Partitions::AnyFree(1)),
+            Err(shmq::Error::NoFreePartitions {
+                wanted: 1,
+                free: 0,
+                ..
+            })
+        ));
+        // Out of range configurations are refused.
+        assert!(matches!(
+            mgr.create("big", TopicConfig::default().max_partitions(257)),
+            Err(shmq::Error::InvalidConfig(_))
+        ));
+        // A freed partition is taken before the limit matters.
+        drop(a);
+        assert_eq!(Producer::new(&topic).unwrap().partitions(), vec![0]);
+        drop(b);
     }
     guard.finish();
 }
