@@ -208,7 +208,8 @@ impl TopicManager {
                 h.slots, h.slot_size
             )))
         })?;
-        let count = growth::published(&h.partition_count, meta_geo.max_partitions);
+        let count =
+            growth::published(&h.partition_count, meta_geo.max_partitions).max(meta_geo.partitions);
         let mut parts = Vec::with_capacity(count as usize);
         for p in 0..count {
             parts.push(attach_partition(&self.ns, topic, p, geo)?);
@@ -424,6 +425,7 @@ impl TopicInner {
             &self.meta.meta_header().partition_count,
             self.max_partitions(),
         )
+        .max(self.meta_geo.partitions)
     }
 
     /// Partitions mapped by this process (`0 .. attached`).
@@ -517,6 +519,18 @@ impl TopicInner {
                 }
                 Begin::Mine { target, word, .. } => (target, word),
             };
+            // A count below partitions known to exist was scribbled: never
+            // "replace" a live partition's region.
+            let floor = self.attached().max(self.meta_geo.partitions);
+            if target < floor {
+                growth::end(&h.grow, word);
+                return Err(Error::BadRegion {
+                    region: self.meta.name().to_string(),
+                    problem: RegionProblem::BadGeometry(format!(
+                        "published partition count {target} is below the {floor} partitions that exist"
+                    )),
+                });
+            }
             let writer = crate::writer_lease::pack(1, me);
             let region = match self.create_grown(target, writer) {
                 Ok(r) => r,

@@ -558,3 +558,35 @@ fn growth_stops_at_max_partitions_with_an_actionable_error() {
     }
     guard.finish();
 }
+
+#[test]
+fn a_scribbled_partition_count_never_replaces_a_live_partition() {
+    let guard = ShmGuard::new("mpscrib");
+    let ns = guard.ns().to_string();
+    {
+        let mgr = guard.manager();
+        let topic = mgr
+            .create(
+                "s",
+                TopicConfig::default().partitions(2).slot_size(SLOT as u64),
+            )
+            .unwrap();
+        let mut first = Producer::new(&topic).unwrap();
+        first.send_to(1, None, b"kept").unwrap();
+        // A buggy peer writes 0 into the published count.
+        let meta = shmq::name::meta_region(&ns, "s");
+        let at = std::mem::offset_of!(shmq::layout::MetaHeader, partition_count) as u64;
+        scribble(&meta, at, &0u32.to_le_bytes());
+        // Readers still see both partitions, and a producer that needs one
+        // is refused instead of re-creating partition 0 or 1 over live data.
+        let other = TopicManager::with_namespace(&ns).unwrap();
+        let t2 = other.open("s").unwrap();
+        assert_eq!(t2.partitions(), 2);
+        let err = Producer::new(&t2).unwrap_err();
+        assert!(matches!(err, shmq::Error::BadRegion { .. }), "{err:?}");
+        let mut c = Consumer::new(&t2, "g").unwrap();
+        assert_eq!(c.poll(10).unwrap().records[0].value, b"kept");
+        drop((first, c));
+    }
+    guard.finish();
+}
