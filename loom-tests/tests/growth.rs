@@ -17,7 +17,8 @@
 //!   never goes back.
 //! * `two_growers_race`: two new producers find every partition held and
 //!   both grow. Exactly one owner per partition, distinct partitions, and
-//!   the count grew by exactly the two publications.
+//!   the count grew by exactly the two publications. `two_growers_and_a_reader`
+//!   adds a reader polling (and trying to claim) while they race.
 //! * `grower_dies[…]`: a grower dies after taking the claim with its region
 //!   half-made, or after publishing but before releasing the claim; a second
 //!   grower (whose liveness probe then says "dead") must take the claim over,
@@ -226,16 +227,26 @@ fn growth_vs_poll_and_claim() {
     check("growth_vs_poll_and_claim", || growth_vs_poll(false, false));
 }
 
-#[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
-fn two_growers_race() {
-    check("two_growers_race", || {
-        let t = Topic::new();
-        let spawn = |me: u32| {
-            let t = t.clone();
-            thread::spawn(move || grow(&t, me, Stop::Never, false))
-        };
-        let (a, b) = (spawn(A), spawn(B));
+fn two_growers(with_reader: bool) {
+    let t = Topic::new();
+    let spawn = |me: u32| {
+        let t = t.clone();
+        thread::spawn(move || grow(&t, me, Stop::Never, false))
+    };
+    let (a, b) = (spawn(A), spawn(B));
+    // The reader runs on its own thread: loom did not interleave the
+    // growers with loads made by the model's main thread before its joins.
+    let reader = with_reader.then(|| {
+        let t = t.clone();
+        thread::spawn(move || {
+            let n = poll(&t, 1, false);
+            poll(&t, n, false);
+        })
+    });
+    if let Some(r) = reader {
+        r.join().unwrap();
+    }
+    {
         let (a, b) = (a.join().unwrap(), b.join().unwrap());
         let (Some(a), Some(b)) = (a, b) else {
             panic!("{VIOLATION}: a grower got nothing: {a:?} {b:?}")
@@ -251,7 +262,19 @@ fn two_growers_race() {
             );
         }
         assert_eq!(t.grow.load(Ordering::Acquire), 0, "{VIOLATION}: claim left");
-    });
+    }
+}
+
+#[test]
+#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+fn two_growers_race() {
+    check("two_growers_race", || two_growers(false));
+}
+
+#[test]
+#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+fn two_growers_and_a_reader() {
+    check("two_growers_and_a_reader", || two_growers(true));
 }
 
 fn grower_dies(stop: Stop) {
