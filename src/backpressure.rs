@@ -142,7 +142,8 @@ pub(crate) fn wait_for_room(
         }
         let now = Instant::now();
         if deadline.passed() {
-            inner.parts[p as usize]
+            inner
+                .part(p)
                 .header()
                 .full_events
                 .fetch_add(1, Ordering::Relaxed);

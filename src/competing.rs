@@ -206,7 +206,7 @@ impl CompetingConsumer {
     /// the partition has not published yet cannot have been handed out and
     /// is ignored (so `u64::MAX` is harmless).
     pub fn retry(&mut self, offset: u64) {
-        let part = &self.m.topic.inner.parts[self.partition as usize];
+        let part = self.m.topic.inner.part(self.partition);
         if offset < ring::latest(part.header()) {
             self.retry.insert(offset);
         }
@@ -250,7 +250,7 @@ impl CompetingConsumer {
     }
 
     fn read_range(&mut self, lo: u64, hi: u64, max: usize, out: &mut Polled) -> u64 {
-        let part = &self.m.topic.inner.parts[self.partition as usize];
+        let part = &self.m.topic.inner.part(self.partition);
         let slots = part.slots();
         let mut o = lo;
         while o < hi && out.records.len() < max {
@@ -336,7 +336,7 @@ impl CompetingConsumer {
         }
         // 3. Fresh offsets.
         if out.records.len() < max {
-            let part = &inner.parts[self.partition as usize];
+            let part = &inner.part(self.partition);
             let view = inner.group(self.m.g);
             let gp = &view.partitions[self.partition as usize];
             let me = &view.members[self.m.index];
@@ -374,7 +374,7 @@ impl CompetingConsumer {
         let Some(mut a) = proto::adopt(&view.members[orphan.index], orphan, token, now) else {
             return;
         };
-        let cursor = ring::latest(inner.parts[self.partition as usize].header());
+        let cursor = ring::latest(inner.part(self.partition).header());
         // Never trust the range a dead peer left: clamp it.
         a.hi = a.hi.min(cursor).min(a.lo.saturating_add(MAX_ADOPT));
         let lo = a.lo.min(a.hi);
@@ -396,7 +396,7 @@ impl CompetingConsumer {
                 return Ok(got);
             }
             let inner = self.m.topic.inner.clone();
-            let hdr = inner.parts[self.partition as usize].header();
+            let hdr = inner.part(self.partition).header();
             let next = inner.group(self.m.g).partitions[self.partition as usize]
                 .next
                 .load(Ordering::Acquire)

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::layout::{
-    self, Geometry, GROUP_CAPACITY, MAX_GROUP_CAPACITY, MAX_MEMBER_CAPACITY, MAX_PARTITIONS,
-    MEMBER_CAPACITY,
+    self, Geometry, DEFAULT_MAX_PARTITIONS, GROUP_CAPACITY, MAX_GROUP_CAPACITY,
+    MAX_MEMBER_CAPACITY, MAX_PARTITIONS, MEMBER_CAPACITY,
 };
 
 /// What the writer does when the ring is full.
@@ -40,7 +40,9 @@ impl Overflow {
 /// so that any process can open the topic by name alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicConfig {
-    /// Number of partitions (1 ..= 256). Default 4.
+    /// Number of partitions the topic is created with (1 ..= 256). Default 4.
+    /// The topic grows beyond it when a producer finds no free partition
+    /// (see [`TopicConfig::max_partitions`]).
     pub partitions: u32,
     /// Slots per partition ring, a power of two (2 ..= 2^24). Default 1024.
     pub slots: u64,
@@ -66,6 +68,12 @@ pub struct TopicConfig {
     pub max_groups: u32,
     /// Members per group (1 ..= 1024). Default 32.
     pub max_members: u32,
+    /// How many partitions the topic may grow to (up to 256): a producer
+    /// that finds every partition held by a live producer adds one, up to
+    /// this. A value below `partitions` is raised to it. The meta region
+    /// reserves a 64-byte line per possible partition in every consumer
+    /// group. Default 64.
+    pub max_partitions: u32,
 }
 
 impl Default for TopicConfig {
@@ -81,6 +89,7 @@ impl Default for TopicConfig {
             group_retention: Duration::from_secs(3600),
             max_groups: GROUP_CAPACITY,
             max_members: MEMBER_CAPACITY,
+            max_partitions: DEFAULT_MAX_PARTITIONS,
         }
     }
 }
@@ -140,6 +149,17 @@ impl TopicConfig {
         self.max_members = n;
         self
     }
+    /// Set how many partitions the topic may grow to.
+    pub fn max_partitions(mut self, n: u32) -> Self {
+        self.max_partitions = n;
+        self
+    }
+
+    /// The partition count the topic may grow to: `max_partitions`, but at
+    /// least `partitions`.
+    pub fn effective_max_partitions(&self) -> u32 {
+        self.max_partitions.max(self.partitions)
+    }
 
     /// Check every field; returns the partition ring geometry.
     pub fn validate(&self) -> Result<Geometry> {
@@ -148,6 +168,12 @@ impl TopicConfig {
             return bad(format!(
                 "partitions = {}; must be 1 ..= {MAX_PARTITIONS}",
                 self.partitions
+            ));
+        }
+        if self.max_partitions > MAX_PARTITIONS {
+            return bad(format!(
+                "max_partitions = {}; must be at most {MAX_PARTITIONS}",
+                self.max_partitions
             ));
         }
         if self.slots < 2 || self.slots > MAX_SLOTS || !self.slots.is_power_of_two() {

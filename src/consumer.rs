@@ -157,6 +157,23 @@ pub struct Consumer {
     /// membership decides, and gets [`Error::GroupDeleted`]).
     pub(crate) reregister: bool,
     pub(crate) last_touch_ns: u64,
+    /// What a poll does when the topic grows.
+    pub(crate) growth: Growth,
+    /// The partition count the assignment reflects.
+    pub(crate) seen: u32,
+}
+
+/// How a [`Consumer`] reacts to partitions added to its topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Growth {
+    /// Explicit assignment: ignore them.
+    Off,
+    /// Assigned every partition: add each new one, from offset 0 (or the
+    /// group's committed offset), at the next poll.
+    Follow,
+    /// Driven by a group membership: a blocking poll returns early so the
+    /// group can rebalance.
+    Notify,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -258,9 +275,14 @@ impl Consumer {
             group_word: 0,
             reregister: true,
             last_touch_ns: 0,
+            growth: Growth::Off,
+            seen: 0,
         };
-        let all: Vec<u32> = (0..topic.partitions()).collect();
+        let n = topic.inner.refresh()?;
+        let all: Vec<u32> = (0..n).collect();
         c.assign(&all)?;
+        c.growth = Growth::Follow;
+        c.seen = n;
         Ok(c)
     }
 
@@ -283,9 +305,15 @@ impl Consumer {
     /// Replace the assignment with `partitions`, each positioned at the
     /// group's committed offset (or the earliest retained record).
     ///
+    /// A consumer made by [`Consumer::new`] reads every partition, including
+    /// those added to the topic later (each from offset 0, or the group's
+    /// committed offset, picked up at the next poll); after `assign` it
+    /// reads exactly `partitions`.
+    ///
     /// # Errors
     /// [`Error::NoSuchPartition`].
     pub fn assign(&mut self, partitions: &[u32]) -> Result<()> {
+        self.growth = Growth::Off;
         let mut cursors = Vec::with_capacity(partitions.len());
         for &p in partitions {
             self.topic.inner.partition(p)?;
@@ -389,9 +417,35 @@ impl Consumer {
         self.corrupt
     }
 
+    /// Whether the topic grew since the assignment was made (one atomic
+    /// load).
+    #[inline]
+    pub(crate) fn grew(&self) -> bool {
+        self.topic.inner.published() > self.seen
+    }
+
+    /// Add a cursor for every partition published since the last look.
+    fn follow_growth(&mut self) -> Result<()> {
+        let have = self.topic.inner.refresh()?;
+        for p in self.seen..have {
+            if self.cursors.iter().any(|c| c.partition == p) {
+                continue;
+            }
+            // A new partition is read from its start: offset 0, unless the
+            // group already committed some of it.
+            let next = self.store.load(&self.topic, &self.group, p)?.unwrap_or(0);
+            self.cursors.push(Cursor::at(p, next));
+        }
+        self.seen = have;
+        Ok(())
+    }
+
     pub(crate) fn check_alive(&mut self) -> Result<()> {
         if self.topic.inner.reclaimed() {
             return Err(self.topic.inner.expired());
+        }
+        if self.growth == Growth::Follow && self.grew() {
+            self.follow_growth()?;
         }
         // Tell backpressure writers this group is alive, a few times per
         // dead-group timeout (never per message). The coarse clock (kernel
@@ -441,7 +495,7 @@ impl Consumer {
         for k in 0..n {
             let i = (self.rr + k) % n;
             let c = &mut self.cursors[i];
-            let part = &self.topic.inner.parts[c.partition as usize];
+            let part = &self.topic.inner.part(c.partition);
             while c.may_read(part.header()) {
                 match ring::read(part.header(), &part.slots(), c.next, buf) {
                     ReadOutcome::Record => {
@@ -486,7 +540,7 @@ impl Consumer {
             }
             let i = (start + k) % n;
             let c = &mut self.cursors[i];
-            let part = &self.topic.inner.parts[c.partition as usize];
+            let part = &self.topic.inner.part(c.partition);
             let slots = part.slots();
             while out.records.len() < max && c.may_read(part.header()) {
                 match ring::read(part.header(), &slots, c.next, &mut self.buf) {
@@ -534,7 +588,10 @@ impl Consumer {
         let mut waiter = Waiter::new(self.strategy);
         loop {
             let got = self.poll(max)?;
-            if !got.is_empty() || deadline.passed() {
+            if !got.is_empty()
+                || deadline.passed()
+                || (self.growth == Growth::Notify && self.grew())
+            {
                 return Ok(got);
             }
             self.wait_once(&mut waiter, deadline);
@@ -599,9 +656,10 @@ impl Consumer {
         let parts = self
             .cursors
             .iter()
-            .map(|c| (inner.parts[c.partition as usize].header(), c.next));
+            .map(|c| (inner.part(c.partition).header(), c.next));
         // Park at most 100 ms at a time so a reclaimed topic is noticed.
         let end = deadline.capped(Duration::from_millis(100));
+        waiter.watch_growth((self.growth != Growth::Off).then_some(self.seen));
         waiter.wait(inner.meta.meta_header(), parts, Some(end));
     }
 

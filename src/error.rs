@@ -273,6 +273,27 @@ pub enum Error {
         /// What differs, in [`crate::TopicConfig`] field order.
         differences: Vec<ConfigDifference>,
     },
+    /// A producer needed a new partition, but another live process has been
+    /// creating one for too long (`topic::GROW_WAIT`).
+    #[error("topic {topic:?}: process {pid} has been creating partition {partition} for {waited_ms} ms; if it is stopped (SIGSTOP, debugger), resume or kill it, then retry")]
+    GrowthStalled {
+        /// Topic.
+        topic: String,
+        /// The partition being created.
+        partition: u32,
+        /// The creator's pid, or 0 if unknown.
+        pid: u32,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// Every partition has a live producer and the topic cannot grow.
+    #[error("topic {topic:?} has reached its max_partitions ({max_partitions}) and every partition has a live producer; stop a producer, or recreate the topic with a larger max_partitions (shmq create --max-partitions)")]
+    PartitionLimit {
+        /// Topic.
+        topic: String,
+        /// The topic's `max_partitions`.
+        max_partitions: u32,
+    },
 }
 
 fn fmt_dur(d: std::time::Duration) -> String {

@@ -429,11 +429,14 @@ impl ConsumerGroup {
         loop {
             let inner = &self.m.topic.inner;
             let view = inner.group(self.m.g);
+            // Only the partitions published so far (the group has lines for
+            // every partition the topic may grow to).
+            let n = (inner.refresh()? as usize).min(view.partitions.len());
             let now = os::now_ns();
             let alive = token_judge(&inner.ns, inner.token.id());
             match proto::claim_pass(
                 view.members,
-                view.partitions,
+                &view.partitions[..n],
                 self.m.me(),
                 now,
                 self.m.stale_ns,
@@ -585,6 +588,8 @@ impl GroupConsumer {
         consumer.reregister = false;
         consumer.cursors.clear();
         consumer.rr = 0;
+        // The group decides the assignment; growth only triggers a rebalance.
+        consumer.growth = crate::consumer::Growth::Notify;
         let mut gc = GroupConsumer { group, consumer };
         gc.rebalance()?;
         Ok(gc)
@@ -621,6 +626,7 @@ impl GroupConsumer {
     /// # Errors
     /// As [`ConsumerGroup::claim`].
     pub fn rebalance(&mut self) -> Result<bool> {
+        self.consumer.seen = self.group.m.topic.inner.refresh()?;
         let out = self.group.claim_detailed()?;
         let inner = &self.group.m.topic.inner;
         let view = inner.group(self.group.m.g);
@@ -668,6 +674,7 @@ impl GroupConsumer {
         let now = os::now_ns();
         if now.saturating_sub(self.group.last_claim_ns) >= self.group.m.every_ns
             || !self.group.m.active
+            || self.consumer.grew()
         {
             self.rebalance()?;
         }

@@ -61,10 +61,14 @@
 //!  0x040 +-------------------------------------------------------------------------------+
 //!        | expiry (atomic) | ttl_ns | created_ns | region_len | notify (u32 futex) |      |  CONTROL
 //!        | group_retention_ms (u32, 0 = never) | pad                                     |
-//!  0x080 +===============================================================================+
+//!  0x080 +-------+-------+---------------+-----------------------------------------------+
+//!        |count  |max_   | grow (atomic) | (pad)                                         |  GROWTH
+//!        |u32 atm|parts  | target<<32 |  |                                               |  read per poll,
+//!        |publ'd |u32    | token; 0=none |                                               |  written on growth
+//!  0x0C0 +===============================================================================+
 //!        | group 0: GroupHeader (64 B)                                                   |
 //!        |          members[member_cap]        (64 B each: MemberEntry)                  |
-//!        |          partitions[partitions]     (64 B each: GroupPartition)               |
+//!        |          partitions[max_partitions] (64 B each: GroupPartition)               |
 //!        | group 1 ...                    up to group_cap groups                         |
 //!        +===============================================================================+
 //!
@@ -99,6 +103,15 @@
 //!        +---------------+---------------+---------------+---------------+---------------+---------------+---------+
 //! ```
 //!
+//! `partitions` in the identity line is the count the topic was created
+//! with; the topic *grows* (one partition at a time, up to `max_partitions`)
+//! when a producer finds no free partition. `count` is the number of
+//! partitions published so far: regions `p0 .. p<count-1>` exist and are
+//! fully initialised. It only grows, by a CAS after the new region's magic
+//! is stored, under the `grow` claim (see `crate::growth`). Every group has a
+//! line for each of the `max_partitions` possible partitions, zero until its
+//! partition is published, so growth never moves the group table.
+//!
 //! Compile-time asserts at the bottom of this file keep the diagrams honest.
 
 use crate::sync::{AtomicU32, AtomicU64};
@@ -116,7 +129,7 @@ pub const KIND_META: u32 = 2;
 /// Bytes before slot 0 in a partition region.
 pub const PARTITION_HEADER: usize = 0x200;
 /// Bytes before group 0 in a meta region.
-pub const META_HEADER: usize = 0x80;
+pub const META_HEADER: usize = 0xC0;
 /// Bytes of per-slot header (seq, lengths, timestamp) before the payload.
 pub const SLOT_HEADER: usize = 24;
 /// Cache line size the layout pads to.
@@ -128,8 +141,10 @@ pub const RECLAIMED: u64 = u64::MAX;
 /// Bit set in a slot's `key_len` word when the record carries a key.
 pub const HAS_KEY: u32 = 1 << 31;
 
-/// Largest partition count a topic may have.
+/// Largest partition count a topic may have (or grow to).
 pub const MAX_PARTITIONS: u32 = 256;
+/// Default `TopicConfig::max_partitions`: how far a topic may grow.
+pub const DEFAULT_MAX_PARTITIONS: u32 = 64;
 /// Default capacity of a topic's group table (`TopicConfig::max_groups`).
 pub const GROUP_CAPACITY: u32 = 16;
 /// Default capacity of a group's member table (`TopicConfig::max_members`).
@@ -210,7 +225,8 @@ pub struct MetaHeader {
     pub version: u32,
     /// [`KIND_META`].
     pub kind: u32,
-    /// Number of partitions.
+    /// Number of partitions the topic was created with (the published count,
+    /// which grows, is `partition_count`).
     pub partitions: u32,
     /// Overflow policy (`0` overwrite, `1` backpressure).
     pub overflow: u32,
@@ -243,6 +259,18 @@ pub struct MetaHeader {
     /// kept before it is freed, in milliseconds; `0` = never.
     pub group_retention_ms: u32,
     _pad1: [u64; 3],
+    // ---- GROWTH (0x080) ----
+    /// Partitions published: `p0 .. p<count-1>` exist and are initialised.
+    /// Only grows, by CAS `n -> n + 1` (Release) once region `p<n>` is
+    /// complete; readers load it (Acquire) once per poll.
+    pub partition_count: AtomicU32,
+    /// Largest partition count the topic may grow to; every group has a
+    /// line for each. Written once by the creator.
+    pub max_partitions: u32,
+    /// Growth claim: `target << 32 | token` of the process creating
+    /// partition `target`; token 0 = nobody. See `crate::growth`.
+    pub grow: AtomicU64,
+    _pad2: [u64; 6],
 }
 
 /// One consumer group's header (64 bytes), followed in memory by its member
@@ -368,12 +396,13 @@ impl Default for GroupPartition {
     }
 }
 
-/// Bytes one group occupies in the meta region.
+/// Bytes one group occupies in the meta region (`partitions` = the topic's
+/// `max_partitions`: a group has a line for every partition it may grow to).
 pub const fn group_size(partitions: u32, member_cap: u32) -> usize {
     LINE + member_cap as usize * LINE + partitions as usize * LINE
 }
 
-/// Bytes a meta region needs.
+/// Bytes a meta region needs (`partitions` = the topic's `max_partitions`).
 pub const fn meta_region_len(partitions: u32, group_cap: u32, member_cap: u32) -> usize {
     META_HEADER + group_cap as usize * group_size(partitions, member_cap)
 }
@@ -417,10 +446,14 @@ mod asserts {
     const _: () = assert!(offset_of!(PartitionHeader, full_events) == 0x100);
     const _: () = assert!(align_of::<PartitionHeader>() <= LINE);
 
-    const _: () = assert!(size_of::<MetaHeader>() == 0x80);
+    const _: () = assert!(size_of::<MetaHeader>() == 0xC0);
     const _: () = assert!(size_of::<MetaHeader>() <= META_HEADER);
     const _: () = assert!(offset_of!(MetaHeader, lease) == 0x40);
     const _: () = assert!(offset_of!(MetaHeader, region_len) == 0x58);
+    const _: () = assert!(offset_of!(MetaHeader, partition_count) == 0x80);
+    const _: () = assert!(offset_of!(MetaHeader, max_partitions) == 0x84);
+    const _: () = assert!(offset_of!(MetaHeader, grow) == 0x88);
+    const _: () = assert!(META_HEADER % LINE == 0);
 
     const _: () = assert!(size_of::<GroupHeader>() == LINE);
     const _: () = assert!(offset_of!(GroupHeader, stale_ms) == 0x0C);
@@ -443,7 +476,7 @@ mod asserts {
 
     #[test]
     fn with_groups_keeps_the_partition_lines() {
-        let h = MetaHeader::new(3, 0, 8, 8, 1, 0o600, 1, 0).with_groups(5, 7, 9);
+        let h = MetaHeader::new(2, 3, 0, 8, 8, 1, 0o600, 1, 0).with_groups(5, 7, 9);
         assert_eq!(h.region_len as usize, meta_region_len(3, 5, 7));
         assert_eq!((h.group_cap, h.member_cap, h.group_retention_ms), (5, 7, 9));
     }
@@ -536,6 +569,7 @@ impl MetaHeader {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         partitions: u32,
+        max_partitions: u32,
         overflow: u32,
         slots: u64,
         slot_size: u64,
@@ -557,12 +591,16 @@ impl MetaHeader {
             group_cap: GROUP_CAPACITY,
             member_cap: MEMBER_CAPACITY,
             dead_group_ms,
-            region_len: meta_region_len(partitions, GROUP_CAPACITY, MEMBER_CAPACITY) as u64,
+            region_len: meta_region_len(max_partitions, GROUP_CAPACITY, MEMBER_CAPACITY) as u64,
             lease: Lease::new(now_ns, retention_ns),
             created_ns: now_ns,
             notify: AtomicU32::new(0),
             group_retention_ms: 0,
             _pad1: [0; 3],
+            partition_count: AtomicU32::new(partitions),
+            max_partitions,
+            grow: AtomicU64::new(0),
+            _pad2: [0; 6],
         }
     }
 

@@ -26,7 +26,7 @@
 //! ```
 //!
 //! Module map: `layout` (every shared byte, drawn), `sync` (std/loom shim),
-//! `ring`, `lease`, `writer_lease` (the lock-free protocols), `os` (every
+//! `ring`, `lease`, `writer_lease`, `growth` (the lock-free protocols), `os` (every
 //! syscall), `region` and `slots` (the only other `unsafe`), then the API:
 //! [`TopicManager`], [`Producer`], [`Consumer`], [`OffsetStore`].
 
@@ -36,6 +36,7 @@
 mod sync;
 
 pub mod group_protocol;
+pub mod growth;
 pub mod layout;
 pub mod lease;
 pub mod ring;

@@ -13,15 +13,27 @@ use crate::wait;
 use crate::writer_lease::{self, Held};
 
 /// Which partitions a producer writes.
+///
+/// Whatever the choice, each partition has one writer: a partition whose
+/// writer process died (its kernel-held liveness token is released) counts
+/// as free and is taken over with a new epoch, fencing the old writer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Partitions {
-    /// Every partition of the topic (the default).
+    /// The default ([`Producer::new`]): every partition without a live
+    /// writer; if there is none, a new one (the topic grows by one
+    /// partition, up to [`crate::TopicConfig::max_partitions`]). A lone
+    /// producer on a fresh topic thus writes every partition, and each
+    /// further producer process gets a partition of its own.
     #[default]
+    Auto,
+    /// Every partition of the topic as it is now; fails with
+    /// [`Error::PartitionHeld`] if a live producer holds one.
     All,
     /// Exactly these partitions.
     Only(Vec<u32>),
-    /// Any `n` partitions without a live writer (lowest indices first), so
-    /// several producer processes can feed one topic on disjoint partitions.
+    /// Any `n` partitions without a live writer (lowest indices first),
+    /// growing the topic by as many partitions as are missing, so several
+    /// producer processes can feed one topic on disjoint partitions.
     AnyFree(u32),
 }
 
@@ -53,10 +65,14 @@ pub(crate) struct Owned {
     pub(crate) limit: u64,
 }
 
-/// The stable hash that maps a key to a partition: 64-bit FNV-1a of the key
-/// bytes, modulo the topic's partition count. It will not change between
-/// versions, so every producer (in any language) agrees on key placement and
-/// per-key order holds.
+/// The stable hash behind [`Producer::send_keyed`]: 64-bit FNV-1a of the
+/// key bytes, modulo `partitions`. It will not change between versions.
+///
+/// A producer applies it to *its own* partitions: the key goes to the
+/// `key_partition(key, n)`-th of the `n` partitions it writes, in ascending
+/// order. For a producer that writes every partition of the topic (a lone
+/// producer, or [`Partitions::All`]) that is partition
+/// `key_partition(key, topic.partitions())`.
 pub fn key_partition(key: &[u8], partitions: u32) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in key {
@@ -68,7 +84,18 @@ pub fn key_partition(key: &[u8], partitions: u32) -> u32 {
 
 /// Publishes records to the partitions whose writer lease it holds.
 ///
-/// Dropping the producer releases its leases.
+/// Any number of producer processes can write one topic: each partition has
+/// one writer, and a producer that finds no partition free adds one (see
+/// [`Partitions::Auto`]). Dropping the producer releases its leases, and
+/// the next producer that needs a partition reuses them.
+///
+/// **Keys.** [`Producer::send_keyed`] sends a key always to the same
+/// partition among the partitions *this producer* writes (the
+/// [`key_partition`] hash modulo their count, in ascending order), so the
+/// records of one key from one producer keep their order. Records of one
+/// key sent by *different* producers go to different partitions and are
+/// ordered per producer only. The set of partitions a producer writes is
+/// fixed for its life.
 ///
 /// # Examples
 /// ```no_run
@@ -84,6 +111,8 @@ pub struct Producer {
     pub(crate) owned: Vec<Owned>,
     /// `by_partition[p]` = index into `owned`, or `usize::MAX`.
     pub(crate) by_partition: Vec<usize>,
+    /// Indices into `owned`, by ascending partition (for `send_keyed`).
+    pub(crate) keyed: Vec<usize>,
     pub(crate) rr: usize,
     pub(crate) slot_size: usize,
     pub(crate) backpressure: bool,
@@ -100,12 +129,16 @@ impl std::fmt::Debug for Producer {
 }
 
 impl Producer {
-    /// A producer writing every partition of `topic`.
+    /// A producer for `topic` with the default choice of partitions,
+    /// [`Partitions::Auto`]: every partition without a live writer, or, if
+    /// there is none, a new partition added to the topic.
     ///
     /// # Errors
-    /// [`Error::PartitionHeld`] if a live producer holds one of them.
+    /// [`Error::PartitionLimit`] if every partition has a live writer and
+    /// the topic has `max_partitions` already, [`Error::GrowthStalled`],
+    /// [`Error::LeaseExpired`], OS errors creating a new partition.
     pub fn new(topic: &Topic) -> Result<Producer> {
-        Self::with_partitions(topic, Partitions::All)
+        Self::with_partitions(topic, Partitions::Auto)
     }
 
     /// A producer writing the chosen partitions. A partition whose previous
@@ -114,97 +147,135 @@ impl Producer {
     ///
     /// # Errors
     /// [`Error::PartitionHeld`] naming the live holder,
-    /// [`Error::NoSuchPartition`], [`Error::NoFreePartitions`].
+    /// [`Error::NoSuchPartition`], [`Error::NoFreePartitions`] (`AnyFree`
+    /// when the topic cannot grow enough), as [`Producer::new`].
     pub fn with_partitions(topic: &Topic, which: Partitions) -> Result<Producer> {
         let inner = &topic.inner;
         if inner.reclaimed() {
             return Err(inner.expired());
         }
-        let n = inner.config.partitions;
-        let (wanted, any): (Vec<u32>, Option<u32>) = match which {
-            Partitions::All => ((0..n).collect(), None),
-            Partitions::Only(list) => (list, None),
-            Partitions::AnyFree(k) => ((0..n).collect(), Some(k)),
-        };
+        let n = inner.refresh()?;
         let me = inner.token.id();
         let ns = inner.ns.clone();
         let mut owned: Vec<Owned> = Vec::new();
         let release_all = |owned: &Vec<Owned>| {
             for o in owned {
-                writer_lease::release(
-                    &inner.parts[o.partition as usize].header().writer,
-                    o.writer.lease_word(),
-                );
+                if let Some(part) = inner.mapped(o.partition) {
+                    writer_lease::release(&part.header().writer, o.writer.lease_word());
+                }
             }
         };
-        for p in wanted {
-            if any.is_some_and(|k| owned.len() as u32 >= k) {
-                break;
-            }
-            let part = match inner.partition(p) {
-                Ok(part) => part,
-                Err(e) => {
-                    release_all(&owned);
-                    return Err(e);
-                }
-            };
-            if owned.iter().any(|o| o.partition == p) {
-                continue;
-            }
-            let hdr = part.header();
+        let resume = |p: u32, word: u64| -> Result<Owned> {
+            let part = inner.partition(p)?;
+            let writer = ring::Writer::resume(part.header(), &part.slots(), word, || {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            });
+            Ok(Owned {
+                partition: p,
+                writer,
+                limit: 0,
+            })
+        };
+        // Claim partition `p` (free, or its writer is dead: take it over).
+        let claim = |p: u32| -> Result<std::result::Result<Owned, Held>> {
+            let hdr = inner.partition(p)?.header();
             match writer_lease::claim(&hdr.writer, me, |owner| token::probe(&ns, owner).is_dead()) {
                 Ok(claimed) => {
                     if claimed.took_over_from.is_some() {
                         hdr.takeovers.fetch_add(1, Ordering::Relaxed);
                     }
-                    let writer = ring::Writer::resume(hdr, &part.slots(), claimed.word, || {
-                        std::thread::sleep(std::time::Duration::from_millis(1))
-                    });
-                    owned.push(Owned {
-                        partition: p,
-                        writer,
-                        limit: 0,
-                    });
+                    Ok(Ok(resume(p, claimed.word)?))
                 }
-                Err(Held { owner, epoch }) => {
-                    if any.is_some() {
-                        continue;
+                Err(held) => Ok(Err(held)),
+            }
+        };
+        let result = (|| -> Result<()> {
+            match which {
+                Partitions::All | Partitions::Only(_) => {
+                    let wanted: Vec<u32> = match which {
+                        Partitions::Only(list) => list,
+                        _ => (0..n).collect(),
+                    };
+                    for p in wanted {
+                        if owned.iter().any(|o| o.partition == p) {
+                            continue;
+                        }
+                        match claim(p)? {
+                            Ok(o) => owned.push(o),
+                            Err(Held { owner, epoch }) => {
+                                let pid = token::probe(&ns, owner).pid().unwrap_or(0);
+                                return Err(Error::PartitionHeld {
+                                    topic: inner.name.clone(),
+                                    partition: p,
+                                    pid,
+                                    owner,
+                                    epoch,
+                                });
+                            }
+                        }
                     }
-                    release_all(&owned);
-                    let pid = token::probe(&ns, owner).pid().unwrap_or(0);
-                    return Err(Error::PartitionHeld {
-                        topic: inner.name.clone(),
-                        partition: p,
-                        pid,
-                        owner,
-                        epoch,
-                    });
+                }
+                Partitions::Auto | Partitions::AnyFree(_) => {
+                    let want = match which {
+                        Partitions::AnyFree(k) => k,
+                        _ => u32::MAX,
+                    };
+                    for p in 0..n {
+                        if owned.len() as u32 >= want {
+                            break;
+                        }
+                        if let Ok(o) = claim(p)? {
+                            owned.push(o);
+                        }
+                    }
+                    let short = match which {
+                        Partitions::AnyFree(k) => k.saturating_sub(owned.len() as u32),
+                        _ => u32::from(owned.is_empty()),
+                    };
+                    for _ in 0..short {
+                        match inner.grow()? {
+                            Some((p, word)) => owned.push(resume(p, word)?),
+                            None if matches!(which, Partitions::AnyFree(_)) => {
+                                return Err(Error::NoFreePartitions {
+                                    topic: inner.name.clone(),
+                                    wanted: want,
+                                    free: owned.len() as u32,
+                                })
+                            }
+                            None => {
+                                return Err(Error::PartitionLimit {
+                                    topic: inner.name.clone(),
+                                    max_partitions: inner.max_partitions(),
+                                })
+                            }
+                        }
+                    }
                 }
             }
-        }
-        if let Some(k) = any {
-            if (owned.len() as u32) < k {
-                release_all(&owned);
-                return Err(Error::NoFreePartitions {
-                    topic: inner.name.clone(),
-                    wanted: k,
-                    free: owned.len() as u32,
-                });
-            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            release_all(&owned);
+            return Err(e);
         }
         if owned.is_empty() {
             return Err(Error::InvalidConfig(
                 "a producer needs at least one partition".into(),
             ));
         }
-        let mut by_partition = vec![usize::MAX; n as usize];
+        let mut by_partition = vec![usize::MAX; inner.max_partitions() as usize];
         for (i, o) in owned.iter().enumerate() {
-            by_partition[o.partition as usize] = i;
+            if let Some(slot) = by_partition.get_mut(o.partition as usize) {
+                *slot = i;
+            }
         }
+        let mut keyed: Vec<usize> = (0..owned.len()).collect();
+        keyed.sort_by_key(|&i| owned[i].partition);
         Ok(Producer {
             topic: topic.clone(),
             owned,
             by_partition,
+            keyed,
             rr: 0,
             slot_size: inner.config.slot_size as usize,
             backpressure: inner.config.overflow == crate::config::Overflow::Backpressure,
@@ -255,16 +326,28 @@ impl Producer {
         self.send_at(i, None, value)
     }
 
-    /// Send a keyed record to partition [`key_partition`]`(key, partitions)`,
-    /// so all records of one key keep their order.
+    /// Send a keyed record. The key always goes to the same partition among
+    /// the partitions this producer writes: the
+    /// [`key_partition`]`(key, n)`-th of its `n` partitions in ascending
+    /// order. So the records of one key sent by this producer keep their
+    /// order; with several producers, order per key holds per producer (see
+    /// [`Producer`]).
     ///
     /// # Errors
-    /// As [`Producer::send`], and [`Error::NotOwned`] if this producer does
-    /// not write the key's partition.
+    /// As [`Producer::send`].
     pub fn send_keyed(&mut self, key: &[u8], value: &[u8]) -> Result<Sent> {
-        let p = key_partition(key, self.topic.partitions());
-        let i = self.index_of(p)?;
+        let i = self.key_index(key);
         self.send_at(i, Some(key), value)
+    }
+
+    /// The partition [`Producer::send_keyed`] sends `key` to.
+    pub fn partition_for_key(&self, key: &[u8]) -> u32 {
+        self.owned[self.key_index(key)].partition
+    }
+
+    fn key_index(&self, key: &[u8]) -> usize {
+        let k = key_partition(key, self.keyed.len() as u32) as usize;
+        self.keyed.get(k).copied().unwrap_or(0)
     }
 
     /// Send to a chosen partition, with an optional key.
@@ -309,12 +392,16 @@ impl Producer {
     fn index_of(&self, partition: u32) -> Result<usize> {
         match self.by_partition.get(partition as usize) {
             Some(&i) if i != usize::MAX => Ok(i),
-            Some(_) => Err(Error::NotOwned {
+            _ if partition < self.topic.partitions() => Err(Error::NotOwned {
                 topic: self.topic.name().to_string(),
                 partition,
                 held: self.partitions(),
             }),
-            None => Err(self.topic.inner.partition(partition).unwrap_err()),
+            _ => Err(Error::NoSuchPartition {
+                topic: self.topic.name().to_string(),
+                partition,
+                partitions: self.topic.partitions(),
+            }),
         }
     }
 
@@ -334,7 +421,7 @@ impl Producer {
         self.check_size(key, value)?;
         let inner = &self.topic.inner;
         let o = &mut self.owned[i];
-        let part = &inner.parts[o.partition as usize];
+        let part = inner.partition(o.partition)?;
         let hdr = part.header();
         let slots = part.slots();
         o.writer
@@ -367,7 +454,7 @@ impl Producer {
         }
         let inner = &self.topic.inner;
         let o = &mut self.owned[i];
-        let part = &inner.parts[o.partition as usize];
+        let part = inner.partition(o.partition)?;
         let hdr = part.header();
         let slots = part.slots();
         o.writer
@@ -410,10 +497,9 @@ impl Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         for o in &self.owned {
-            writer_lease::release(
-                &self.topic.inner.parts[o.partition as usize].header().writer,
-                o.writer.lease_word(),
-            );
+            if let Some(part) = self.topic.inner.mapped(o.partition) {
+                writer_lease::release(&part.header().writer, o.writer.lease_word());
+            }
         }
     }
 }

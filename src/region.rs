@@ -95,7 +95,9 @@ impl Region {
     }
 
     /// Create a partition region with a fresh header and an all-zero ring,
-    /// then publish its magic.
+    /// then publish its magic. `writer` is the initial writer-lease word
+    /// (`0` = no writer; a grown partition is born owned by its creator).
+    #[allow(clippy::too_many_arguments)]
     pub fn create_partition(
         name: &str,
         geo: Geometry,
@@ -104,8 +106,10 @@ impl Region {
         mode: u32,
         now_ns: u64,
         ttl_ns: u64,
+        writer: u64,
     ) -> Result<Region> {
         let header = PartitionHeader::new(geo, partition, overflow, now_ns, ttl_ns);
+        header.writer.store(writer, Ordering::Relaxed);
         Self::create_with(name, geo.region_len, mode, header)
     }
 
@@ -317,16 +321,18 @@ impl Region {
     }
 
     /// Validate the meta header's geometry against the real size; returns the
-    /// trusted `(partitions, group_cap, member_cap)`.
+    /// trusted `(partitions, max_partitions, group_cap, member_cap)`.
     pub fn meta_geometry(&self) -> Result<MetaGeometry> {
         let h = self.meta_header();
         let geo = MetaGeometry {
             partitions: h.partitions,
+            max_partitions: h.max_partitions,
             group_cap: h.group_cap,
             member_cap: h.member_cap,
         };
         if geo.partitions == 0
-            || geo.partitions > MAX_PARTITIONS
+            || geo.max_partitions < geo.partitions
+            || geo.max_partitions > MAX_PARTITIONS
             || geo.group_cap == 0
             || geo.group_cap > 4096
             || geo.member_cap == 0
@@ -335,18 +341,18 @@ impl Region {
             return Err(bad(
                 &self.name,
                 RegionProblem::BadGeometry(format!(
-                    "partitions {}, group_cap {}, member_cap {}",
-                    geo.partitions, geo.group_cap, geo.member_cap
+                    "partitions {}, max_partitions {}, group_cap {}, member_cap {}",
+                    geo.partitions, geo.max_partitions, geo.group_cap, geo.member_cap
                 )),
             ));
         }
-        let need = layout::meta_region_len(geo.partitions, geo.group_cap, geo.member_cap);
+        let need = layout::meta_region_len(geo.max_partitions, geo.group_cap, geo.member_cap);
         if h.region_len != need as u64 {
             return Err(bad(
                 &self.name,
                 RegionProblem::BadGeometry(format!(
-                    "its header says it is {} bytes long, but {} partitions with {} groups of {} members take {need}",
-                    h.region_len, geo.partitions, geo.group_cap, geo.member_cap
+                    "its header says it is {} bytes long, but {} partition lines with {} groups of {} members take {need}",
+                    h.region_len, geo.max_partitions, geo.group_cap, geo.member_cap
                 )),
             ));
         }
@@ -362,11 +368,12 @@ impl Region {
         Ok(geo)
     }
 
-    /// Group `g`'s header, member table and partition lines. `geo` must come
-    /// from [`Region::meta_geometry`] of this region and `g < group_cap`.
+    /// Group `g`'s header, member table and partition lines (one for each
+    /// of the `max_partitions` partitions the topic may grow to). `geo` must
+    /// come from [`Region::meta_geometry`] of this region and `g < group_cap`.
     pub fn group(&self, geo: MetaGeometry, g: u32) -> GroupView<'_> {
         assert!(g < geo.group_cap);
-        let gsize = layout::group_size(geo.partitions, geo.member_cap);
+        let gsize = layout::group_size(geo.max_partitions, geo.member_cap);
         let base = layout::META_HEADER + g as usize * gsize;
         assert!(base + gsize <= self.map.len());
         // SAFETY: `base + gsize` is within the mapping (asserted; the mapping
@@ -384,7 +391,7 @@ impl Region {
             let parts = std::slice::from_raw_parts(
                 p.add(layout::LINE + geo.member_cap as usize * layout::LINE)
                     .cast::<GroupPartition>(),
-                geo.partitions as usize,
+                geo.max_partitions as usize,
             );
             GroupView {
                 header,
@@ -403,8 +410,10 @@ impl Region {
 /// Trusted shape of a meta region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetaGeometry {
-    /// Partitions.
+    /// Partitions the topic was created with.
     pub partitions: u32,
+    /// Partitions the topic may grow to (group lines are sized for them).
+    pub max_partitions: u32,
     /// Group table capacity.
     pub group_cap: u32,
     /// Member table capacity.
@@ -418,7 +427,8 @@ pub struct GroupView<'a> {
     pub header: &'a GroupHeader,
     /// Member table.
     pub members: &'a [MemberEntry],
-    /// Per-partition committed offsets and claims.
+    /// Per-partition committed offsets and claims: `max_partitions` lines;
+    /// those at or above the published partition count are unused (zero).
     pub partitions: &'a [GroupPartition],
 }
 
@@ -456,8 +466,8 @@ impl Region {
     /// [`Region::meta_geometry`].
     pub(crate) fn write_group_name(&self, geo: MetaGeometry, g: u32, name: &[u8]) {
         assert!(name.len() <= layout::GROUP_NAME_MAX && g < geo.group_cap);
-        let base =
-            layout::META_HEADER + g as usize * layout::group_size(geo.partitions, geo.member_cap);
+        let base = layout::META_HEADER
+            + g as usize * layout::group_size(geo.max_partitions, geo.member_cap);
         assert!(base + layout::LINE <= self.map.len());
         // SAFETY: the header lies inside the mapping (asserted), aligned to 64;
         // the pointer is derived from the mapping's raw base, not from a shared

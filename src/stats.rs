@@ -113,9 +113,11 @@ impl Topic {
     /// None today; reserved for OS failures while probing.
     pub fn stats(&self) -> Result<TopicStats> {
         let inner = &self.inner;
-        let mut partitions = Vec::with_capacity(inner.parts.len());
-        let mut writes = Vec::with_capacity(inner.parts.len());
-        for (p, part) in inner.parts.iter().enumerate() {
+        // Include partitions added since the last look.
+        let n = inner.refresh().unwrap_or_else(|_| inner.attached()) as usize;
+        let mut partitions = Vec::with_capacity(n);
+        let mut writes = Vec::with_capacity(n);
+        for (p, part) in inner.parts().enumerate().take(n) {
             let h = part.header();
             let write_offset = ring::latest(h);
             writes.push(write_offset);
@@ -166,6 +168,7 @@ impl Topic {
             let parts = view
                 .partitions
                 .iter()
+                .take(writes.len())
                 .enumerate()
                 .map(|(p, gp)| {
                     let committed = gp.committed.load(Ordering::Acquire).checked_sub(1);

@@ -1,11 +1,12 @@
 //! Topics: create, open, delete and list, scoped to a namespace.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::config::{Overflow, TopicConfig};
 use crate::deadline::Deadline;
 use crate::error::{Error, RegionProblem, Result};
+use crate::growth::{self, Begin};
 use crate::layout::{Geometry, MetaHeader, PartitionHeader, KIND_META, KIND_PARTITION};
 use crate::lease::{self, LeaseExpired};
 use crate::name::{self, RegionName};
@@ -13,7 +14,13 @@ use crate::os;
 use crate::region::{GroupView, MetaGeometry, Region, ATTACH_WAIT};
 use crate::renewal::{self, RenewalPolicy};
 use crate::slots::MappedSlots;
-use crate::token::Token;
+use crate::sync::{AtomicU32, Ordering};
+use crate::token::{self, Token};
+
+/// How long a producer that needs a new partition waits for another live
+/// process that is creating one (growth is one partition at a time) before
+/// giving up with [`Error::GrowthStalled`].
+pub const GROW_WAIT: Duration = Duration::from_secs(10);
 
 /// Environment variable that selects the default namespace.
 pub const NAMESPACE_ENV: &str = "SHMQ_NAMESPACE";
@@ -97,6 +104,7 @@ impl TopicManager {
         let meta_name = name::meta_region(&self.ns, topic);
         let header = MetaHeader::new(
             config.partitions,
+            config.effective_max_partitions(),
             config.overflow.code(),
             config.slots,
             config.slot_size,
@@ -128,6 +136,7 @@ impl TopicManager {
                 config.mode,
                 now,
                 ttl,
+                0,
             ) {
                 Err(Error::Os(e)) if e.errno == nix::errno::Errno::EEXIST => {
                     // We hold the meta name exclusively, so this is an orphan of
@@ -141,6 +150,7 @@ impl TopicManager {
                             config.mode,
                             now,
                             ttl,
+                            0,
                         )
                     })
                 }
@@ -159,7 +169,11 @@ impl TopicManager {
         }
         meta.publish_meta();
         let meta_geo = meta.meta_geometry()?;
-        Ok(self.finish(topic, config, meta, meta_geo, parts))
+        let config = TopicConfig {
+            max_partitions: meta_geo.max_partitions,
+            ..config
+        };
+        Ok(self.finish(topic, config, meta, meta_geo, geo, parts))
     }
 
     /// Open an existing topic by name.
@@ -203,11 +217,14 @@ impl TopicManager {
             group_retention: Duration::from_millis(u64::from(h.group_retention_ms)),
             max_groups: meta_geo.group_cap,
             max_members: meta_geo.member_cap,
+            max_partitions: meta_geo.max_partitions,
         };
         let geo = Geometry::new(config.slots, config.slot_size)
             .ok_or_else(|| bad(crate::region::geometry_problem(h.slots, h.slot_size)))?;
-        let mut parts = Vec::with_capacity(config.partitions as usize);
-        for p in 0..config.partitions {
+        let count =
+            growth::published(&h.partition_count, meta_geo.max_partitions).max(meta_geo.partitions);
+        let mut parts = Vec::with_capacity(count as usize);
+        for p in 0..count {
             let pname = name::partition_region(&self.ns, topic, p);
             match attach_partition(&pname, p, geo) {
                 Ok(region) if !lease::is_reclaimed(&region.partition_header().lease) => {
@@ -230,7 +247,7 @@ impl TopicManager {
         if lease::is_reclaimed(&meta.meta_header().lease) {
             return Err(self.lost(topic));
         }
-        Ok(self.finish(topic, config, meta, meta_geo, parts))
+        Ok(self.finish(topic, config, meta, meta_geo, geo, parts))
     }
 
     fn lost(&self, topic: &str) -> Error {
@@ -313,15 +330,26 @@ impl TopicManager {
         config: TopicConfig,
         meta: Region,
         meta_geo: MetaGeometry,
+        geo: Geometry,
         parts: Vec<Partition>,
     ) -> Topic {
+        let attached = parts.len() as u32;
+        let mut slots: Vec<OnceLock<Partition>> = (0..meta_geo.max_partitions.max(attached))
+            .map(|_| OnceLock::new())
+            .collect();
+        for (slot, part) in slots.iter_mut().zip(parts) {
+            let _ = slot.set(part);
+        }
         let inner = Arc::new(TopicInner {
             ns: self.ns.clone(),
             name: topic.to_string(),
             config,
             meta,
             meta_geo,
-            parts,
+            geo,
+            parts: slots.into_boxed_slice(),
+            attached: AtomicU32::new(attached),
+            attach_lock: Mutex::new(()),
             token: self.token.clone(),
         });
         // Only a manager that renews in the background renews on open: under
@@ -476,7 +504,15 @@ pub(crate) struct TopicInner {
     pub(crate) config: TopicConfig,
     pub(crate) meta: Region,
     pub(crate) meta_geo: MetaGeometry,
-    pub(crate) parts: Vec<Partition>,
+    /// Geometry of every partition ring.
+    pub(crate) geo: Geometry,
+    /// One entry per partition the topic may grow to; `0 .. attached` are
+    /// set (a grower may also set its new partition's entry just before).
+    parts: Box<[OnceLock<Partition>]>,
+    /// Partitions this process has mapped: `parts[.. attached]` are set.
+    attached: AtomicU32,
+    /// Serialises attaching newly published partitions in this process.
+    attach_lock: Mutex<()>,
     pub(crate) token: Arc<Token>,
 }
 
@@ -498,14 +534,209 @@ impl Partition {
 }
 
 impl TopicInner {
-    /// Renew every lease of the topic.
+    /// Renew every lease of the topic (mapping newly published partitions
+    /// first, so every attached process renews them too).
     pub(crate) fn renew(&self) -> Result<(), LeaseExpired> {
         let now = os::now_ns();
         lease::renew(&self.meta.meta_header().lease, now)?;
-        for p in &self.parts {
+        let _ = self.refresh();
+        for p in self.parts.iter().filter_map(OnceLock::get) {
             lease::renew(&p.header().lease, now)?;
         }
         Ok(())
+    }
+
+    /// Partitions the topic may grow to.
+    pub(crate) fn max_partitions(&self) -> u32 {
+        self.meta_geo.max_partitions
+    }
+
+    /// The published partition count: one Acquire load (the cheap "did the
+    /// topic grow?" check of every poll).
+    #[inline]
+    pub(crate) fn published(&self) -> u32 {
+        growth::published(
+            &self.meta.meta_header().partition_count,
+            self.max_partitions(),
+        )
+        .max(self.meta_geo.partitions)
+    }
+
+    /// Partitions mapped by this process (`0 .. attached`).
+    #[inline]
+    pub(crate) fn attached(&self) -> u32 {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    /// Map every partition published since the last call; returns how many
+    /// partitions this process now has mapped.
+    ///
+    /// # Errors
+    /// [`Error::LeaseExpired`], or a new partition's region is malformed.
+    pub(crate) fn refresh(&self) -> Result<u32> {
+        let have = self.attached();
+        if self.published() <= have {
+            return Ok(have);
+        }
+        if self.reclaimed() {
+            return Err(self.expired());
+        }
+        let _guard = self.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.published().min(self.parts.len() as u32);
+        let mut have = self.attached();
+        while have < n {
+            let slot = &self.parts[have as usize];
+            if slot.get().is_none() {
+                let pname = name::partition_region(&self.ns, &self.name, have);
+                let region = attach_partition(&pname, have, self.geo).map_err(|(e, _)| e)?;
+                if lease::is_reclaimed(&region.partition_header().lease) {
+                    return Err(self.expired());
+                }
+                let _ = slot.set(Partition {
+                    region,
+                    geo: self.geo,
+                });
+            }
+            have += 1;
+            self.attached.store(have, Ordering::Release);
+        }
+        Ok(have)
+    }
+
+    /// Mapped partitions, in index order.
+    pub(crate) fn parts(&self) -> impl Iterator<Item = &Partition> {
+        self.parts.iter().map_while(OnceLock::get)
+    }
+
+    /// Partition `p`, which the caller knows is mapped: its index comes from
+    /// this process's own state (a producer's claimed partitions, a
+    /// consumer's cursors), never from shared memory, and a mapped partition
+    /// stays mapped while the topic is open.
+    #[inline]
+    pub(crate) fn part(&self, p: u32) -> &Partition {
+        self.mapped(p)
+            .expect("shmq bug: a claimed or assigned partition is not mapped")
+    }
+
+    /// Partition `p` if this process has it mapped (no refresh).
+    #[inline]
+    pub(crate) fn mapped(&self, p: u32) -> Option<&Partition> {
+        self.parts.get(p as usize).and_then(OnceLock::get)
+    }
+
+    /// Add one partition to the topic, owned from birth by this process's
+    /// token (writer lease epoch 1). Returns its index and writer-lease word,
+    /// or `None` if the topic has `max_partitions` already. See
+    /// `crate::growth` for the protocol.
+    ///
+    /// # Errors
+    /// [`Error::GrowthStalled`] if another live process has been creating a
+    /// partition for [`GROW_WAIT`], [`Error::LeaseExpired`], OS errors
+    /// creating the region ([`Error::NoSpace`], ...).
+    pub(crate) fn grow(&self) -> Result<Option<(u32, u64)>> {
+        let h = self.meta.meta_header();
+        let me = self.token.id();
+        let max = self.max_partitions();
+        let start = Instant::now();
+        loop {
+            if self.reclaimed() {
+                return Err(self.expired());
+            }
+            let began = growth::begin(&h.grow, &h.partition_count, max, me, |t| {
+                token::probe(&self.ns, t).is_dead()
+            });
+            let (target, word) = match began {
+                Begin::Full => return Ok(None),
+                Begin::Busy { owner, target } => {
+                    if start.elapsed() >= GROW_WAIT {
+                        return Err(Error::GrowthStalled {
+                            topic: self.name.clone(),
+                            partition: target,
+                            pid: token::probe(&self.ns, owner).pid().unwrap_or(0),
+                            waited_ms: start.elapsed().as_millis() as u64,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Begin::Mine { target, word, .. } => (target, word),
+            };
+            // A count below partitions known to exist was scribbled: never
+            // "replace" a live partition's region.
+            let floor = self.attached().max(self.meta_geo.partitions);
+            if target < floor {
+                growth::end(&h.grow, word);
+                return Err(Error::BadRegion {
+                    region: self.meta.name().to_string(),
+                    problem: RegionProblem::BadGeometry(format!(
+                        "published partition count {target} is below the {floor} partitions that exist"
+                    )),
+                });
+            }
+            let writer = crate::writer_lease::pack(1, me);
+            let region = match self.create_grown(target, writer) {
+                Ok(r) => r,
+                Err(e) => {
+                    growth::end(&h.grow, word);
+                    return Err(e);
+                }
+            };
+            if self.reclaimed() {
+                // Deleted while we grew it: leave nothing behind.
+                lease::mark_reclaimed(&region.partition_header().lease);
+                let _ = os::shm_remove(region.name());
+                growth::end(&h.grow, word);
+                return Err(self.expired());
+            }
+            if !growth::publish(&h.partition_count, target) {
+                // Only if we were wrongly judged dead and our claim taken:
+                // the partition is someone else's now; try again.
+                growth::end(&h.grow, word);
+                continue;
+            }
+            growth::end(&h.grow, word);
+            // Parked readers re-poll now and pick the new partition up.
+            crate::wait::wake_all(h);
+            if let Some(slot) = self.parts.get(target as usize) {
+                let _ = slot.set(Partition {
+                    region,
+                    geo: self.geo,
+                });
+            }
+            self.refresh()?;
+            return Ok(Some((target, writer)));
+        }
+    }
+
+    /// Create partition region `p` (we hold the growth claim for it). A
+    /// region already there was left by a grower that died before
+    /// publishing it (nobody can have attached it): replace it.
+    fn create_grown(&self, p: u32, writer: u64) -> Result<Region> {
+        let pname = name::partition_region(&self.ns, &self.name, p);
+        let ttl = self
+            .config
+            .retention
+            .as_nanos()
+            .min(u128::from(u64::MAX / 4)) as u64;
+        let create = || {
+            Region::create_partition(
+                &pname,
+                self.geo,
+                p,
+                self.config.overflow.code(),
+                self.config.mode,
+                os::now_ns(),
+                ttl,
+                writer,
+            )
+        };
+        match create() {
+            Err(Error::Os(e)) if e.errno == nix::errno::Errno::EEXIST => {
+                retire(&pname)?;
+                create()
+            }
+            r => r,
+        }
     }
 
     pub(crate) fn reclaimed(&self) -> bool {
@@ -534,14 +765,22 @@ impl TopicInner {
         }
     }
 
+    /// Partition `p`, mapping it first if it was published since the last
+    /// refresh.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchPartition`] if the topic has not (yet) grown to it.
+    #[inline]
     pub(crate) fn partition(&self, p: u32) -> Result<&Partition> {
-        self.parts
-            .get(p as usize)
-            .ok_or_else(|| Error::NoSuchPartition {
-                topic: self.name.clone(),
-                partition: p,
-                partitions: self.config.partitions,
-            })
+        if let Some(part) = self.mapped(p) {
+            return Ok(part);
+        }
+        let have = self.refresh()?;
+        self.mapped(p).ok_or_else(|| Error::NoSuchPartition {
+            topic: self.name.clone(),
+            partition: p,
+            partitions: have,
+        })
     }
 }
 
@@ -554,13 +793,22 @@ impl Topic {
     pub fn namespace(&self) -> &str {
         &self.inner.ns
     }
-    /// The configuration the topic was created with.
+    /// The configuration the topic was created with (`partitions` is the
+    /// count at creation; see [`Topic::partitions`] for the current one).
     pub fn config(&self) -> &TopicConfig {
         &self.inner.config
     }
-    /// Number of partitions.
+    /// Number of partitions now: the topic grows (up to
+    /// [`Topic::max_partitions`]) when a producer finds none free. Maps any
+    /// partition published since the last call; one atomic load otherwise.
     pub fn partitions(&self) -> u32 {
-        self.inner.config.partitions
+        self.inner
+            .refresh()
+            .unwrap_or_else(|_| self.inner.attached())
+    }
+    /// How many partitions the topic may grow to.
+    pub fn max_partitions(&self) -> u32 {
+        self.inner.max_partitions()
     }
     /// Renew the topic's leases now (what the background renewal does; call
     /// it yourself, at a fraction of the retention, under

@@ -72,12 +72,22 @@ pub(crate) fn wake_all(meta: &MetaHeader) {
 
 /// Park until one of `parts` (header, offset waited for) publishes past its
 /// offset, `deadline` passes, or a spurious wake-up.
+///
+/// `partitions_seen`: the topic's partition count the caller's last poll
+/// saw, if it reads partitions added later; a larger published count also
+/// ends the wait (the grower bumps `notify` after publishing, so a count
+/// published before `notify` was loaded is seen here).
 pub(crate) fn park<'a>(
     meta: &MetaHeader,
     parts: impl Iterator<Item = (&'a PartitionHeader, u64)> + Clone,
     deadline: Option<Instant>,
+    partitions_seen: Option<u32>,
 ) {
     let seen = meta.notify.load(Ordering::Acquire);
+    // SYNC POINT "partition published" (see `crate::growth`).
+    if partitions_seen.is_some_and(|n| meta.partition_count.load(Ordering::Acquire) > n) {
+        return;
+    }
     for (hdr, _) in parts.clone() {
         hdr.waiters.fetch_add(1, Ordering::SeqCst);
     }
@@ -102,11 +112,22 @@ pub(crate) fn park<'a>(
 pub(crate) struct Waiter {
     strategy: WaitStrategy,
     round: u32,
+    partitions_seen: Option<u32>,
 }
 
 impl Waiter {
     pub(crate) fn new(strategy: WaitStrategy) -> Self {
-        Waiter { strategy, round: 0 }
+        Waiter {
+            strategy,
+            round: 0,
+            partitions_seen: None,
+        }
+    }
+
+    /// Also stop parking once the topic has more than `seen` partitions
+    /// (for readers that pick up new partitions).
+    pub(crate) fn watch_growth(&mut self, seen: Option<u32>) {
+        self.partitions_seen = seen;
     }
 
     /// Wait once. `parts` are the partitions waited on with the offset each
@@ -121,14 +142,14 @@ impl Waiter {
         match self.strategy {
             WaitStrategy::BusySpin => spin_hint(),
             WaitStrategy::Yield => yield_now(),
-            WaitStrategy::Park => park(meta, parts, deadline),
+            WaitStrategy::Park => park(meta, parts, deadline, self.partitions_seen),
             WaitStrategy::Backoff => {
                 if self.round < SPINS {
                     spin_hint();
                 } else if self.round < SPINS + YIELDS {
                     yield_now();
                 } else {
-                    park(meta, parts, deadline);
+                    park(meta, parts, deadline, self.partitions_seen);
                 }
             }
         }

@@ -103,7 +103,7 @@ impl Consumer {
         for k in 0..n {
             let i = (self.rr + k) % n;
             let c = &mut self.cursors[i];
-            let part = &inner.parts[c.partition as usize];
+            let part = &inner.part(c.partition);
             let slots = part.slots();
             while c.may_read(part.header()) {
                 let (partition, offset) = (c.partition, c.next);
@@ -229,7 +229,7 @@ impl Producer {
         }
         let inner = &self.topic.inner;
         let o = &mut self.owned[i];
-        let part = &inner.parts[o.partition as usize];
+        let part = &inner.part(o.partition);
         let hdr = part.header();
         let slots = part.slots();
         let partition = o.partition;
@@ -303,7 +303,7 @@ impl Loan<'_> {
         let producer = &mut *self.producer;
         let inner = &producer.topic.inner;
         let o = &mut producer.owned[self.i];
-        let part = &inner.parts[o.partition as usize];
+        let part = &inner.part(o.partition);
         let hdr = part.header();
         let slots = part.slots();
         let offset = match claim {
@@ -321,7 +321,7 @@ impl Loan<'_> {
 
     fn slot(&self) -> (&crate::topic::Partition, u64) {
         let o = &self.producer.owned[self.i];
-        let part = &self.producer.topic.inner.parts[o.partition as usize];
+        let part = &self.producer.topic.inner.part(o.partition);
         let index = self.offset() & part.geo.mask();
         (part, index)
     }
@@ -349,7 +349,7 @@ impl Drop for Loan<'_> {
     fn drop(&mut self) {
         if let Some(claim) = self.claim.take() {
             let o = &mut self.producer.owned[self.i];
-            let part = &self.producer.topic.inner.parts[o.partition as usize];
+            let part = &self.producer.topic.inner.part(o.partition);
             o.writer.abandon_claimed(&part.slots(), claim);
         }
     }

@@ -601,20 +601,21 @@ fn second_producer_on_held_partition_is_refused_until_holder_dies() {
             other => panic!("expected PartitionHeld, got {other:?}"),
         };
         assert!(matches!(
-            Producer::new(&topic),
+            Producer::with_partitions(&topic, Partitions::All),
             Err(Error::PartitionHeld { partition: 0, pid: p, .. }) if p == pid
         ));
-        assert!(matches!(
-            Producer::with_partitions(&topic, Partitions::AnyFree(2)),
-            Err(Error::NoFreePartitions {
-                wanted: 2,
-                free: 1,
-                ..
-            })
-        ));
+        // The default takes every free partition...
+        let free = Producer::new(&topic).unwrap();
+        assert_eq!(free.partitions(), vec![1]);
+        drop(free);
         let free = Producer::with_partitions(&topic, Partitions::AnyFree(1)).unwrap();
         assert_eq!(free.partitions(), vec![1]);
         drop(free);
+        // ...and "any 2" grows the topic by the one partition missing.
+        let two = Producer::with_partitions(&topic, Partitions::AnyFree(2)).unwrap();
+        assert_eq!(two.partitions(), vec![1, 2]);
+        assert_eq!(topic.partitions(), 3);
+        drop(two);
         let w = topic.stats().unwrap().partitions[0].writer.unwrap();
         assert!(w.alive);
         assert_eq!((w.pid, w.epoch), (Some(pid), held_epoch));

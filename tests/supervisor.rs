@@ -12,7 +12,9 @@ use common::{
     tell_parent, wait_success, ChildLines, ShmGuard,
 };
 use shmq::reclaim::{self, ReapAction, ReapOptions};
-use shmq::{Consumer, Error, Producer, RenewalPolicy, SeekPolicy, TopicConfig, TopicManager};
+use shmq::{
+    Consumer, Error, Partitions, Producer, RenewalPolicy, SeekPolicy, TopicConfig, TopicManager,
+};
 
 const SLOT: usize = 64;
 
@@ -310,7 +312,7 @@ fn killed_producer_releases_its_token_and_is_taken_over() {
     let token = lines.expect("token");
     // While it lives, its partition is held.
     assert!(matches!(
-        Producer::new(&topic),
+        Producer::with_partitions(&topic, Partitions::All),
         Err(Error::PartitionHeld { .. })
     ));
     child.kill().unwrap();

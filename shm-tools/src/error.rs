@@ -75,6 +75,7 @@ impl From<shmq::Error> for CliError {
             E::MessageTooLarge { .. } => 5,
             E::PermissionDenied { .. } => 6,
             E::PartitionHeld { .. } | E::Fenced { .. } | E::NoFreePartitions { .. } => 7,
+            E::PartitionLimit { .. } | E::GrowthStalled { .. } => 7,
             E::LeaseExpired { .. } => 8,
             E::Timeout | E::Full { .. } => 9,
             E::GroupNotFound { .. } => 3,

@@ -42,6 +42,7 @@ Examples:
   shmq create orders
   shmq create orders --partitions 8 --slots 4096 --slot-size 1000 --retention 1h
   shmq create jobs --overflow backpressure --mode 0660 --namespace prod
+  shmq create events --partitions 2 --max-partitions 16   # grows as producers come
 
 Memory used in /dev/shm is about partitions x slots x (slot-size + 24) bytes,
 allocated up front (a full /dev/shm fails here, not later).")]
@@ -80,6 +81,10 @@ pub struct CreateArgs {
     /// Members per consumer group (1..=1024).
     #[arg(long, value_name = "N", default_value_t = shmq::layout::MEMBER_CAPACITY)]
     pub max_members: u32,
+    /// How many partitions the topic may grow to when producers find none
+    /// free (up to 256; at least --partitions).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_partitions: u32,
 }
 
 /// Run `shmq create`.
@@ -96,6 +101,7 @@ pub fn run(ns: &str, args: CreateArgs) -> CliResult {
         group_retention: args.group_retention,
         max_groups: args.max_groups,
         max_members: args.max_members,
+        max_partitions: args.max_partitions,
     };
     let topic = mgr.create(&args.topic, config.clone())?;
     let bytes_per_partition =

@@ -6,7 +6,8 @@
 //! { "namespace", "topic",
 //!   "config": { "partitions", "slots", "slot_size", "overflow", "retention_ms",
 //!               "mode" ("0600"), "dead_group_timeout_ms",
-//!               "group_retention_ms" (0 = never), "max_groups", "max_members" },
+//!               "group_retention_ms" (0 = never), "max_groups", "max_members",
+//!               "max_partitions" },                // "partitions": the count now
 //!   "lease_expiry_ns", "lease_left_ms",          // null once reclaimed
 //!   "messages",                                  // sum of write offsets
 //!   "partitions": [ { "partition", "write_offset", "depth",
@@ -138,7 +139,7 @@ pub fn info_json(ns: &str, topic: &Topic, stats: &TopicStats) -> Value {
         "namespace": ns,
         "topic": topic.name(),
         "config": {
-            "partitions": c.partitions,
+            "partitions": stats.partitions.len(),
             "slots": c.slots,
             "slot_size": c.slot_size,
             "overflow": overflow_name(c.overflow),
@@ -148,6 +149,7 @@ pub fn info_json(ns: &str, topic: &Topic, stats: &TopicStats) -> Value {
             "group_retention_ms": c.group_retention.as_millis() as u64,
             "max_groups": c.max_groups,
             "max_members": c.max_members,
+            "max_partitions": c.max_partitions,
         },
         "lease_expiry_ns": meta_expiry.filter(|&e| e != RECLAIMED),
         "lease_left_ms": left_ms(meta_expiry, now),
@@ -183,7 +185,7 @@ pub fn run(ns: &str, args: InfoArgs) -> CliResult {
                 "topic {:?} (namespace {:?}): {} x {} of {}, {}, retention {}, mode {:04o}; lease left {}",
                 topic.name(),
                 ns,
-                plural(u64::from(c.partitions), "partition"),
+                plural(stats.partitions.len() as u64, "partition"),
                 plural(c.slots, "slot"),
                 plural(c.slot_size, "byte"),
                 overflow_name(c.overflow),

@@ -85,7 +85,7 @@ fn describe(mgr: &TopicManager, name: &str) -> Row {
         json: json!({
             "topic": name,
             "state": "ok",
-            "partitions": c.partitions,
+            "partitions": stats.partitions.len(),
             "slots": c.slots,
             "slot_size": c.slot_size,
             "overflow": overflow_name(c.overflow),
@@ -99,7 +99,7 @@ fn describe(mgr: &TopicManager, name: &str) -> Row {
         cells: vec![
             name.into(),
             "ok".into(),
-            c.partitions.to_string(),
+            stats.partitions.len().to_string(),
             format!("{}x{}B", c.slots, c.slot_size),
             overflow_name(c.overflow).into(),
             messages.to_string(),

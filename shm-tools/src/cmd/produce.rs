@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
-use shmq::{key_partition, Partitions, Producer, TopicManager};
+use shmq::{Partitions, Producer, TopicManager};
 
 use crate::cli::Format;
 use crate::error::{CliError, CliResult};
@@ -17,8 +17,11 @@ use crate::util::parse_duration;
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Each line (without its \\n or \\r\\n) is one message; bytes are sent as they are.
-Without --key or --partition, messages go round-robin over every partition
-(this claims the writer lease of all of them for the duration of the command).
+Without --partition, the command writes every partition that has no live
+producer (round-robin), or, if other producers hold them all, a new partition:
+the topic grows by one (up to its --max-partitions). So any number of
+`shmq produce` processes can feed one topic at once. With --key, every message
+goes to the same one of those partitions (order kept for this run).
 
 Examples:
   printf 'a\\nb\\n' | shmq produce orders
@@ -27,7 +30,8 @@ Examples:
 pub struct ProduceArgs {
     /// Topic name.
     pub topic: String,
-    /// Key for every message; the partition is chosen by the key's stable hash.
+    /// Key for every message: they all go to one partition (the key's stable
+    /// hash among the partitions this run writes), so their order is kept.
     #[arg(long)]
     pub key: Option<String>,
     /// Write only this partition.
@@ -50,22 +54,10 @@ pub fn run(ns: &str, args: ProduceArgs) -> CliResult {
     let mgr = TopicManager::with_namespace(ns)?;
     let topic = mgr.open(&args.topic)?;
     let key = args.key.as_deref().map(str::as_bytes);
-    let target = match (args.partition, key) {
-        (Some(p), _) => Some(p),
-        (None, Some(k)) => Some(key_partition(k, topic.partitions())),
-        (None, None) => None,
-    };
-    let which = target.map_or(Partitions::All, |p| Partitions::Only(vec![p]));
+    let target = args.partition;
+    let which = target.map_or(Partitions::Auto, |p| Partitions::Only(vec![p]));
     let mut producer = Producer::with_partitions(&topic, which)
-        .map_err(|e| {
-            let hint = match &e {
-                shmq::Error::PartitionHeld { .. } if target.is_none() => {
-                    " (or pick a free one with --partition N)"
-                }
-                _ => "",
-            };
-            CliError::from(e).context(format!("cannot write topic {:?}{hint}", args.topic))
-        })?
+        .map_err(|e| CliError::from(e).context(format!("cannot write topic {:?}", args.topic)))?
         .with_send_timeout(args.timeout);
 
     let input: Box<dyn BufRead> = match &args.file {
@@ -74,11 +66,11 @@ pub fn run(ns: &str, args: ProduceArgs) -> CliResult {
         })?)),
         None => Box::new(std::io::stdin().lock()),
     };
-    let mut per_partition = vec![0u64; topic.partitions() as usize];
+    let mut per_partition = std::collections::BTreeMap::<u32, u64>::new();
     let mut sent = 0u64;
     let result = send_lines(input, &mut producer, target, key, |p| {
         sent += 1;
-        per_partition[p as usize] += 1;
+        *per_partition.entry(p).or_default() += 1;
     });
     drop(producer);
     if let Err(e) = result {
@@ -97,8 +89,6 @@ pub fn run(ns: &str, args: ProduceArgs) -> CliResult {
         Format::Json => {
             let parts: Vec<_> = per_partition
                 .iter()
-                .enumerate()
-                .filter(|(_, &n)| n > 0)
                 .map(|(p, &n)| json!({ "partition": p, "sent": n }))
                 .collect();
             writeln!(
@@ -139,9 +129,10 @@ fn send_lines(
                 line.pop();
             }
         }
-        let sent = match target {
-            Some(p) => producer.send_to(p, key, &line),
-            None => producer.send(&line),
+        let sent = match (target, key) {
+            (Some(p), key) => producer.send_to(p, key, &line),
+            (None, Some(k)) => producer.send_keyed(k, &line),
+            (None, None) => producer.send(&line),
         }
         .map_err(|e| CliError::from(e).context(format!("line {n}")))?;
         on_sent(sent.partition);
