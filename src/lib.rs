@@ -44,6 +44,8 @@ pub mod writer_lease;
 #[cfg(not(loom))]
 mod backpressure;
 #[cfg(not(loom))]
+mod capacity;
+#[cfg(not(loom))]
 mod competing;
 #[cfg(not(loom))]
 mod config;
@@ -84,6 +86,8 @@ mod wait;
 #[cfg(not(loom))]
 mod zero_copy;
 
+#[cfg(not(loom))]
+pub use capacity::MEMORY_SHARE_PERCENT;
 #[cfg(not(loom))]
 pub use competing::CompetingConsumer;
 #[cfg(not(loom))]

@@ -665,3 +665,110 @@ pub fn at_exit(f: extern "C" fn()) {
     // life of the program.
     let _ = unsafe { libc::atexit(f) };
 }
+
+/// Room for new shared memory on this host, as far as the kernel tells
+/// (each figure `None` where it cannot be read or no limit is set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryFigures {
+    /// Free bytes in [`SHM_DIR`] for an unprivileged user
+    /// (`statvfs`: `f_bavail * f_frsize`).
+    pub shm_free: Option<u64>,
+    /// Size of the file system behind [`SHM_DIR`] (`f_blocks * f_frsize`).
+    pub shm_size: Option<u64>,
+    /// `MemAvailable` of `/proc/meminfo`: memory the kernel can give without
+    /// swapping. A tmpfs may be larger than this; its pages are RAM.
+    pub mem_available: Option<u64>,
+    /// Room left under this process's cgroup memory limit (the tightest of
+    /// `memory.max - memory.current` up its cgroup v2 path, or v1's
+    /// `memory.limit_in_bytes - memory.usage_in_bytes`); `None` if unlimited.
+    pub cgroup_free: Option<u64>,
+}
+
+/// Read the [`MemoryFigures`] now.
+// statvfs field types differ between targets (u32 on some 32-bit ones).
+#[allow(clippy::unnecessary_cast)]
+pub fn memory_figures() -> MemoryFigures {
+    let vfs = nix::sys::statvfs::statvfs(SHM_DIR).ok();
+    let frsize = vfs.as_ref().map(|v| v.fragment_size() as u64);
+    MemoryFigures {
+        shm_free: vfs
+            .as_ref()
+            .zip(frsize)
+            .map(|(v, f)| (v.blocks_available() as u64).saturating_mul(f)),
+        shm_size: vfs
+            .as_ref()
+            .zip(frsize)
+            .map(|(v, f)| (v.blocks() as u64).saturating_mul(f)),
+        mem_available: std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| parse_meminfo_available(&s)),
+        cgroup_free: cgroup_free(),
+    }
+}
+
+/// `MemAvailable` in bytes from the text of `/proc/meminfo`.
+pub fn parse_meminfo_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") | None => Some(n.saturating_mul(1024)),
+        Some(_) => None,
+    }
+}
+
+/// A cgroup memory limit file's value; `None` for "max" (v2) or a v1
+/// "unlimited" (a page-rounded `i64::MAX`).
+pub fn parse_cgroup_limit(text: &str) -> Option<u64> {
+    let n: u64 = text.trim().parse().ok()?;
+    (n < 1 << 60).then_some(n)
+}
+
+fn read_u64_file(path: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+fn cgroup_free() -> Option<u64> {
+    use std::path::{Path, PathBuf};
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let room = |dir: &Path, limit: &str, usage: &str| -> Option<u64> {
+        let max = parse_cgroup_limit(&read_u64_file(&dir.join(limit))?)?;
+        let cur: u64 = read_u64_file(&dir.join(usage))?.trim().parse().ok()?;
+        Some(max.saturating_sub(cur))
+    };
+    let mut best: Option<u64> = None;
+    let mut take = |r: Option<u64>| {
+        if let Some(r) = r {
+            best = Some(best.map_or(r, |b| b.min(r)));
+        }
+    };
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let rel = path.trim_start_matches('/');
+        let (root, limit, usage) = if id == "0" && ctrl.is_empty() {
+            ("/sys/fs/cgroup", "memory.max", "memory.current")
+        } else if ctrl.split(',').any(|c| c == "memory") {
+            (
+                "/sys/fs/cgroup/memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        } else {
+            continue;
+        };
+        // Every level up the path limits us. Inside a container the path
+        // may name the host's view while the container's own cgroup is
+        // mounted at the root: the root is read too.
+        let mut dir = PathBuf::from(root).join(rel);
+        loop {
+            take(room(&dir, limit, usage));
+            if dir.as_path() == Path::new(root) || !dir.pop() {
+                break;
+            }
+        }
+    }
+    best
+}

@@ -44,7 +44,10 @@ Examples:
   shmq create jobs --overflow backpressure --mode 0660 --namespace prod
 
 Memory used in /dev/shm is about partitions x slots x (slot-size + 24) bytes,
-allocated up front (a full /dev/shm fails here, not later).")]
+allocated up front (a full /dev/shm fails here, not later). A topic larger than
+the free space of /dev/shm or than 50% of the memory available (MemAvailable,
+or the cgroup's memory limit) is refused before anything is allocated, unless
+--force is given.")]
 pub struct CreateArgs {
     /// Topic name: letters, digits, '_' and '-', at most 64 bytes.
     pub topic: String,
@@ -70,11 +73,16 @@ pub struct CreateArgs {
     /// life keeps holding writers back.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
     pub dead_group_timeout: Duration,
+    /// Create the topic even if it is larger than the free space of
+    /// /dev/shm or half the memory available (a tmpfs can be larger than
+    /// the memory behind it: filling it can take the host down).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Run `shmq create`.
 pub fn run(ns: &str, args: CreateArgs) -> CliResult {
-    let mgr = TopicManager::with_namespace(ns)?;
+    let mgr = TopicManager::with_namespace(ns)?.force_size(args.force);
     let config = TopicConfig {
         partitions: args.partitions,
         slots: args.slots,
