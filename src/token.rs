@@ -41,7 +41,11 @@ static AT_EXIT: Once = Once::new();
 extern "C" fn unlink_at_exit() {
     // Never block exit: a thread that holds the list right now (creating or
     // dropping a token) keeps it; such a token is removed by the supervisor.
-    let Ok(held) = HELD.try_lock() else { return };
+    let held = match HELD.try_lock() {
+        Ok(held) => held,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
     let me = os::pid();
     for (pid, file) in held.iter() {
         if *pid == me {
