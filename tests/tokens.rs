@@ -240,13 +240,13 @@ fn concurrent_probes_never_make_a_dead_token_look_alive() {
     guard.finish();
 }
 
-/// Defect 2, end to end: producers taking over, one by one, the 64
+/// Defect 2, end to end: producers taking over, one by one, the 256
 /// partitions of a `kill -9`ed writer while other threads probe the dead
 /// writer's token all succeed (a takeover was refused with `PartitionHeld`
 /// naming the dead pid when a probe held the token's lock at that instant).
 #[test]
 fn takeover_of_a_dead_writer_succeeds_while_others_probe_it() {
-    const PARTITIONS: u32 = 64;
+    const PARTITIONS: u32 = 256;
     let guard = ShmGuard::new("toktake");
     let ns = guard.ns().to_string();
     let mgr = TopicManager::with_namespace(&ns).unwrap();
@@ -265,16 +265,22 @@ fn takeover_of_a_dead_writer_succeeds_while_others_probe_it() {
     child.kill().unwrap();
     child.wait().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let probes = Arc::new(AtomicU64::new(0));
     let probers: Vec<_> = (0..3)
         .map(|_| {
-            let (ns, stop) = (ns.clone(), stop.clone());
+            let (ns, stop, probes) = (ns.clone(), stop.clone(), probes.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let _ = token::probe(&ns, dead_id);
+                    probes.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
         .collect();
+    // Start the takeovers once the probers are busy.
+    while probes.load(Ordering::Relaxed) < 1000 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let mut producers = Vec::new();
     let mut refused = Vec::new();
     for p in 0..PARTITIONS {
