@@ -323,3 +323,42 @@ fn normal_exit_with_a_thread_holding_a_topic_removes_the_token() {
     );
     guard.finish();
 }
+
+/// With the young-empty-file heuristic gone, a token file nobody holds a
+/// lock on is dead whatever it contains (empty, short, garbage), and the
+/// reaper removes it; a live token is never touched.
+#[test]
+fn unlocked_empty_or_garbage_token_files_are_dead_and_reaped() {
+    let guard = ShmGuard::new("tokjunk");
+    let ns = guard.ns().to_string();
+    let mgr = guard.manager();
+    let junk: [(u32, &[u8]); 3] = [
+        (0x0000_0001, b""),
+        (0x0000_0002, b"\x01\x02\x03"),
+        (0x0000_0003, &[0xff; 16]),
+    ];
+    for (id, bytes) in junk {
+        std::fs::write(shm_path(&name::token_file(&ns, id)), bytes).unwrap();
+        assert!(
+            token::probe(&ns, id).is_dead(),
+            "{id}: {:?}",
+            token::probe(&ns, id)
+        );
+    }
+    let report = reclaim::reap(&ns, ReapOptions::default()).unwrap();
+    let removed = report
+        .actions
+        .iter()
+        .filter(|a| matches!(a, ReapAction::RemovedDeadToken { .. }))
+        .count();
+    assert_eq!(removed, 3, "{:?}", report.actions);
+    assert_eq!(report.live_tokens, 1);
+    assert_eq!(
+        token::probe(&ns, mgr.token_id()),
+        Liveness::Alive {
+            pid: std::process::id()
+        }
+    );
+    drop(mgr);
+    guard.finish();
+}
