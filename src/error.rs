@@ -212,13 +212,17 @@ pub enum Error {
         /// Capacity (the topic's `max_members`).
         capacity: u32,
     },
-    /// `/dev/shm` has no room.
-    #[error("no space in /dev/shm for {region} ({bytes} bytes); free space or enlarge /dev/shm (docker: --shm-size)")]
+    /// `/dev/shm` or the host's memory has no room: an allocation failed,
+    /// or a topic was refused before anything was allocated because it
+    /// would not fit (see [`crate::TopicManager::force_size`]).
+    #[error("no space in /dev/shm for {region} ({bytes} bytes); {detail}")]
     NoSpace {
-        /// Region.
+        /// Region (for a refused topic, its meta region).
         region: String,
         /// Bytes needed.
         bytes: usize,
+        /// The figures that were compared, and what to do.
+        detail: String,
     },
     /// The caller may not open or create the region.
     #[error(
@@ -360,6 +364,7 @@ impl Error {
             Errno::ENOSPC | Errno::ENOMEM | Errno::EFBIG => Error::NoSpace {
                 region: e.object,
                 bytes,
+                detail: "free space or enlarge /dev/shm (docker: --shm-size)".into(),
             },
             Errno::EACCES | Errno::EPERM => Error::PermissionDenied { region: e.object },
             Errno::EISDIR => Error::BadRegion {

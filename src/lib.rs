@@ -45,6 +45,8 @@ pub mod writer_lease;
 #[cfg(not(loom))]
 mod backpressure;
 #[cfg(not(loom))]
+mod capacity;
+#[cfg(not(loom))]
 mod competing;
 #[cfg(not(loom))]
 mod config;
@@ -87,6 +89,8 @@ mod wait;
 #[cfg(not(loom))]
 mod zero_copy;
 
+#[cfg(not(loom))]
+pub use capacity::MEMORY_SHARE_PERCENT;
 #[cfg(not(loom))]
 pub use competing::CompetingConsumer;
 #[cfg(not(loom))]

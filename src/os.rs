@@ -1,7 +1,8 @@
 //! Every operating-system call shmq makes, and nothing else.
 //!
 //! Named POSIX shared memory (`shm_open`, `ftruncate`, `posix_fallocate`,
-//! `fstat`, `mmap`, `munmap`, `shm_unlink`), the liveness lock (`flock`), the
+//! `fstat`, `mmap`, `munmap`, `shm_unlink`), the liveness lock (OFD `fcntl`
+//! locks, see [`create_locked`] and [`probe_lock`]), the
 //! cross-process futex, and the listing of `/dev/shm`. The rest of the crate
 //! only sees [`Mapping`], [`ShmFd`] and typed [`OsError`]s, so porting shmq to
 //! another Unix means rewriting this one file.
@@ -24,7 +25,7 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::fcntl::OFlag;
 use nix::sys::mman::{mmap, munmap, shm_open, shm_unlink, MapFlags, ProtFlags};
 use nix::sys::stat::{fstat, Mode};
 
@@ -162,16 +163,6 @@ impl ShmFd {
         })
     }
 
-    /// Try to take an exclusive `flock` without blocking. `Ok(None)` if another
-    /// open file description holds it.
-    pub fn try_lock(self) -> Result<Option<Flock<OwnedFd>>, OsError> {
-        match Flock::lock(self.fd, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(Some(lock)),
-            Err((_, Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, e)) => Err(OsError::new("flock", &self.name, e)),
-        }
-    }
-
     /// Write `bytes` at the start of the object (small metadata only).
     pub fn write_all_at0(&self, bytes: &[u8]) -> Result<(), OsError> {
         nix::sys::uio::pwrite(self.fd.as_fd(), bytes, 0)
@@ -184,13 +175,6 @@ impl ShmFd {
         nix::sys::uio::pread(self.fd.as_fd(), buf, 0)
             .map_err(|e| OsError::new("pread", &self.name, e))
     }
-}
-
-/// Write to a locked token file (see [`ShmFd::try_lock`]).
-pub fn write_locked(lock: &Flock<OwnedFd>, bytes: &[u8]) -> Result<(), OsError> {
-    nix::sys::uio::pwrite(&**lock, bytes, 0)
-        .map(|_| ())
-        .map_err(|e| OsError::new("pwrite", "token", e))
 }
 
 /// A shared, read-write memory mapping; unmapped on drop.
@@ -512,4 +496,279 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
+}
+
+// ---------------------------------------------------------------------------
+// Liveness-token files (issue 11: defects 1 and 2) and the size guard of
+// topic creation (defect 8).
+// ---------------------------------------------------------------------------
+
+/// A file in [`SHM_DIR`] that this process holds an exclusive OFD lock on
+/// (`fcntl(F_OFD_SETLK)`). The lock belongs to the open file description, so
+/// the kernel drops it when the last descriptor closes, however the process
+/// ends. See [`create_locked`] and [`probe_lock`].
+#[derive(Debug)]
+pub struct LockedFile {
+    // Held for its lock: the kernel releases it when this closes.
+    _file: std::fs::File,
+    name: String,
+}
+
+impl LockedFile {
+    /// The file's name in [`SHM_DIR`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn whole_file_lock(kind: libc::c_short) -> libc::flock {
+    // SAFETY: `flock` is a plain C struct; all-zero is a valid value (and
+    // l_pid must be 0 for OFD locks).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0; // to the end of the file, however large
+    fl
+}
+
+/// Create `name` in [`SHM_DIR`] with `contents` and mode `mode`, locked with
+/// an exclusive OFD lock, such that the name appears only once the file is
+/// complete and locked: the file is made anonymous (`O_TMPFILE`), filled,
+/// locked, and only then linked under its name (`linkat`). A probe can
+/// therefore never see it half-made, and a creator that dies at any point
+/// leaves either nothing or a complete file whose lock the kernel released.
+///
+/// # Errors
+/// `EEXIST` if `name` exists (nothing is left behind); any other failure
+/// of `open`, `pwrite`, `fcntl` or `linkat`.
+pub fn create_locked(name: &str, contents: &[u8], mode: u32) -> Result<LockedFile, OsError> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .mode(mode)
+        .open(SHM_DIR)
+        .map_err(|e| OsError::new("open(O_TMPFILE)", SHM_DIR, errno_of(&e)))?;
+    // open applies the umask; put back exactly the mode asked for.
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
+    file.write_all_at(contents, 0)
+        .map_err(|e| OsError::new("pwrite", name, errno_of(&e)))?;
+    let fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&fl))
+        .map_err(|e| OsError::new("fcntl(F_OFD_SETLK)", name, e))?;
+    let target = CString::new(format!("{SHM_DIR}/{name}"))
+        .map_err(|_| OsError::new("linkat", name, Errno::EINVAL))?;
+    // Link the anonymous file by descriptor (AT_EMPTY_PATH, which needs
+    // CAP_DAC_READ_SEARCH on older kernels) or else through /proc.
+    // SAFETY: both paths are live NUL-terminated strings; the descriptor is
+    // open for the duration of the call.
+    let r = unsafe {
+        libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    let mut err = if r == 0 { None } else { Some(Errno::last()) };
+    if matches!(err, Some(Errno::ENOENT | Errno::EPERM | Errno::EACCES)) {
+        let proc_path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|_| OsError::new("linkat", name, Errno::EINVAL))?;
+        // SAFETY: as above.
+        let r = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                proc_path.as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        err = if r == 0 { None } else { Some(Errno::last()) };
+    }
+    match err {
+        None => Ok(LockedFile {
+            _file: file,
+            name: name.to_string(),
+        }),
+        Some(e) => Err(OsError::new("linkat", name, e)),
+    }
+}
+
+/// What [`probe_lock`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockState {
+    /// Another open file description holds a lock on the file.
+    Held,
+    /// Nobody holds a lock, and the file is still linked under its name.
+    Free,
+    /// No file of that name, or it was unlinked while we looked (its owner
+    /// removed it before releasing its lock: a clean exit).
+    Missing,
+}
+
+/// Whether someone holds an OFD lock on `name` in [`SHM_DIR`], without
+/// taking the lock (`fcntl(F_OFD_GETLK)`), so any number of concurrent
+/// probes never disturb each other's verdict. Also reads up to `buf.len()`
+/// bytes from the start of the file into `buf`; returns how many were read.
+/// The file is opened read-only, so a token of another user is probed too.
+///
+/// # Errors
+/// The file exists but cannot be opened or queried.
+pub fn probe_lock(name: &str, buf: &mut [u8]) -> Result<(LockState, usize), OsError> {
+    use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+    let path = format!("{SHM_DIR}/{name}");
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((LockState::Missing, 0)),
+        Err(e) => return Err(OsError::new("open", name, errno_of(&e))),
+    };
+    let n = file.read_at(buf, 0).unwrap_or(0);
+    let mut fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_GETLK(&mut fl))
+        .map_err(|e| OsError::new("fcntl(F_OFD_GETLK)", name, e))?;
+    if fl.l_type != libc::F_UNLCK as libc::c_short {
+        return Ok((LockState::Held, n));
+    }
+    // Unlocked. An owner that exits cleanly unlinks first and then releases
+    // the lock, so a file already unlinked now was removed, not abandoned.
+    let linked = file
+        .metadata()
+        .map_err(|e| OsError::new("fstat", name, errno_of(&e)))?
+        .nlink();
+    Ok((
+        if linked == 0 {
+            LockState::Missing
+        } else {
+            LockState::Free
+        },
+        n,
+    ))
+}
+
+/// Run `f` when the process exits normally (`exit(3)`, including a return
+/// from `main`), after the handlers registered later. Not run on a signal
+/// death, `_exit` or `abort`.
+pub fn at_exit(f: extern "C" fn()) {
+    // SAFETY: atexit stores a plain function pointer, valid for the whole
+    // life of the program.
+    let _ = unsafe { libc::atexit(f) };
+}
+
+/// Room for new shared memory on this host, as far as the kernel tells
+/// (each figure `None` where it cannot be read or no limit is set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryFigures {
+    /// Free bytes in [`SHM_DIR`] for an unprivileged user
+    /// (`statvfs`: `f_bavail * f_frsize`).
+    pub shm_free: Option<u64>,
+    /// Size of the file system behind [`SHM_DIR`] (`f_blocks * f_frsize`).
+    pub shm_size: Option<u64>,
+    /// `MemAvailable` of `/proc/meminfo`: memory the kernel can give without
+    /// swapping. A tmpfs may be larger than this; its pages are RAM.
+    pub mem_available: Option<u64>,
+    /// Room left under this process's cgroup memory limit (the tightest of
+    /// `memory.max - memory.current` up its cgroup v2 path, or v1's
+    /// `memory.limit_in_bytes - memory.usage_in_bytes`); `None` if unlimited.
+    pub cgroup_free: Option<u64>,
+}
+
+/// Read the [`MemoryFigures`] now.
+// statvfs field types differ between targets (u32 on some 32-bit ones).
+#[allow(clippy::unnecessary_cast)]
+pub fn memory_figures() -> MemoryFigures {
+    let vfs = nix::sys::statvfs::statvfs(SHM_DIR).ok();
+    let frsize = vfs.as_ref().map(|v| v.fragment_size() as u64);
+    MemoryFigures {
+        shm_free: vfs
+            .as_ref()
+            .zip(frsize)
+            .map(|(v, f)| (v.blocks_available() as u64).saturating_mul(f)),
+        shm_size: vfs
+            .as_ref()
+            .zip(frsize)
+            .map(|(v, f)| (v.blocks() as u64).saturating_mul(f)),
+        mem_available: std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| parse_meminfo_available(&s)),
+        cgroup_free: cgroup_free(),
+    }
+}
+
+/// `MemAvailable` in bytes from the text of `/proc/meminfo`.
+pub fn parse_meminfo_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") | None => Some(n.saturating_mul(1024)),
+        Some(_) => None,
+    }
+}
+
+/// A cgroup memory limit file's value; `None` for "max" (v2) or a v1
+/// "unlimited" (a page-rounded `i64::MAX`).
+pub fn parse_cgroup_limit(text: &str) -> Option<u64> {
+    let n: u64 = text.trim().parse().ok()?;
+    (n < 1 << 60).then_some(n)
+}
+
+fn read_u64_file(path: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+fn cgroup_free() -> Option<u64> {
+    use std::path::{Path, PathBuf};
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let room = |dir: &Path, limit: &str, usage: &str| -> Option<u64> {
+        let max = parse_cgroup_limit(&read_u64_file(&dir.join(limit))?)?;
+        let cur: u64 = read_u64_file(&dir.join(usage))?.trim().parse().ok()?;
+        Some(max.saturating_sub(cur))
+    };
+    let mut best: Option<u64> = None;
+    let mut take = |r: Option<u64>| {
+        if let Some(r) = r {
+            best = Some(best.map_or(r, |b| b.min(r)));
+        }
+    };
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let rel = path.trim_start_matches('/');
+        let (root, limit, usage) = if id == "0" && ctrl.is_empty() {
+            ("/sys/fs/cgroup", "memory.max", "memory.current")
+        } else if ctrl.split(',').any(|c| c == "memory") {
+            (
+                "/sys/fs/cgroup/memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        } else {
+            continue;
+        };
+        // Every level up the path limits us. Inside a container the path
+        // may name the host's view while the container's own cgroup is
+        // mounted at the root: the root is read too.
+        let mut dir = PathBuf::from(root).join(rel);
+        loop {
+            take(room(&dir, limit, usage));
+            if dir.as_path() == Path::new(root) || !dir.pop() {
+                break;
+            }
+        }
+    }
+    best
 }

@@ -49,6 +49,7 @@ pub struct TopicManager {
     ns: String,
     token: Arc<Token>,
     renewal: RenewalPolicy,
+    force_size: bool,
 }
 
 impl TopicManager {
@@ -72,12 +73,26 @@ impl TopicManager {
             ns: ns.to_string(),
             token,
             renewal: RenewalPolicy::Background,
+            force_size: false,
         })
     }
 
     /// Choose how topics opened from now on renew their leases.
     pub fn with_renewal(mut self, policy: RenewalPolicy) -> Self {
         self.renewal = policy;
+        self
+    }
+
+    /// Let [`TopicManager::create`] make topics of any size. By default it
+    /// refuses, with [`Error::NoSpace`] and before allocating anything, a
+    /// topic whose regions together exceed the free space of `/dev/shm` or
+    /// [`crate::MEMORY_SHARE_PERCENT`] % of the memory available
+    /// (`MemAvailable`, or the room under the cgroup's memory limit if
+    /// smaller): a tmpfs can be larger than the memory behind it, and
+    /// filling it can take the host down. Force only when you know the
+    /// memory is there.
+    pub fn force_size(mut self, force: bool) -> Self {
+        self.force_size = force;
         self
     }
 
@@ -95,7 +110,9 @@ impl TopicManager {
     ///
     /// # Errors
     /// [`Error::TopicExists`], [`Error::InvalidName`], [`Error::InvalidConfig`],
-    /// [`Error::NoSpace`] when `/dev/shm` is full, [`Error::PermissionDenied`].
+    /// [`Error::NoSpace`] when `/dev/shm` is full or the topic is too large
+    /// for the host (see [`TopicManager::force_size`]); nothing is left
+    /// behind then. [`Error::PermissionDenied`].
     pub fn create(&self, topic: &str, config: TopicConfig) -> Result<Topic> {
         name::validate_topic(topic)?;
         let geo = config.validate()?;
@@ -118,6 +135,12 @@ impl TopicManager {
             config.max_members,
             config.group_retention.as_millis() as u32,
         );
+        if !self.force_size {
+            let need = (geo.region_len as u64)
+                .saturating_mul(u64::from(config.partitions))
+                .saturating_add(header.region_len);
+            crate::capacity::check(&meta_name, need)?;
+        }
         let meta = Region::create_meta(&meta_name, header, config.mode).map_err(|e| match e {
             Error::Os(os) if os.errno == nix::errno::Errno::EEXIST => Error::TopicExists {
                 namespace: self.ns.clone(),
@@ -168,7 +191,16 @@ impl TopicManager {
             }
         }
         meta.publish_meta();
-        let meta_geo = meta.meta_geometry()?;
+        let meta_geo = match meta.meta_geometry() {
+            Ok(g) => g,
+            Err(e) => {
+                for p in 0..config.partitions {
+                    let _ = os::shm_remove(&name::partition_region(&self.ns, topic, p));
+                }
+                let _ = os::shm_remove(&meta_name);
+                return Err(e);
+            }
+        };
         let config = TopicConfig {
             max_partitions: meta_geo.max_partitions,
             ..config
@@ -713,6 +745,10 @@ impl TopicInner {
     /// publishing it (nobody can have attached it): replace it.
     fn create_grown(&self, p: u32, writer: u64) -> Result<Region> {
         let pname = name::partition_region(&self.ns, &self.name, p);
+        // Growth is automatic, so it gets the same guard as `create`: a new
+        // partition that would not fit (or would eat into the memory behind
+        // tmpfs) is refused with `NoSpace` before anything is allocated.
+        crate::capacity::check(&pname, self.geo.region_len as u64)?;
         let ttl = self
             .config
             .retention

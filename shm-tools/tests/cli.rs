@@ -629,3 +629,43 @@ fn counts_and_sizes_read_well() {
     ns.ok(&["delete", "t"]);
     ns.ok(&["delete", "big"]);
 }
+
+/// Issue 11, defect 8: `create` refuses a topic larger than the host can
+/// hold, before allocating anything, naming the figures and `--force`;
+/// `--force` is accepted (on a topic that fits).
+#[test]
+fn create_refuses_a_topic_larger_than_the_host_unless_forced() {
+    let ns = Ns::new("cf");
+    // 32 partitions x 32 GiB = 1 TiB.
+    let err = ns.fails(
+        &[
+            "create",
+            "huge",
+            "--partitions",
+            "32",
+            "--slots",
+            "32768",
+            "--slot-size",
+            "1048552",
+        ],
+        b"",
+        1,
+    );
+    for want in ["no space", "1024.0 GiB", "MemAvailable", "--force"] {
+        assert!(err.contains(want), "{want:?} missing from: {err}");
+    }
+    assert_eq!(
+        shm_files(&format!("shmq.{}.huge.", ns.0)),
+        Vec::<String>::new()
+    );
+    ns.ok(&[
+        "create",
+        "small",
+        "--partitions",
+        "1",
+        "--slots",
+        "8",
+        "--force",
+    ]);
+    ns.ok(&["delete", "small"]);
+}

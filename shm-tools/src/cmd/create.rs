@@ -45,7 +45,10 @@ Examples:
   shmq create events --partitions 2 --max-partitions 16   # grows as producers come
 
 Memory used in /dev/shm is about partitions x slots x (slot-size + 24) bytes,
-allocated up front (a full /dev/shm fails here, not later).")]
+allocated up front (a full /dev/shm fails here, not later). A topic larger than
+the free space of /dev/shm or than 50% of the memory available (MemAvailable,
+or the cgroup's memory limit) is refused before anything is allocated, unless
+--force is given.")]
 pub struct CreateArgs {
     /// Topic name: letters, digits, '_' and '-', at most 64 bytes.
     pub topic: String,
@@ -85,11 +88,16 @@ pub struct CreateArgs {
     /// free (up to 256; at least --partitions).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_partitions: u32,
+    /// Create the topic even if it is larger than the free space of
+    /// /dev/shm or half the memory available (a tmpfs can be larger than
+    /// the memory behind it: filling it can take the host down).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Run `shmq create`.
 pub fn run(ns: &str, args: CreateArgs) -> CliResult {
-    let mgr = TopicManager::with_namespace(ns)?;
+    let mgr = TopicManager::with_namespace(ns)?.force_size(args.force);
     let config = TopicConfig {
         partitions: args.partitions,
         slots: args.slots,
