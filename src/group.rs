@@ -571,7 +571,7 @@ impl GroupConsumer {
                         .checked_sub(1)
                     {
                         Some(o) => o,
-                        None => ring::earliest(part.header(), part.geo),
+                        None => ring::checked_earliest(part.header(), &part.slots()),
                     };
                     Cursor::at(p, next)
                 }
