@@ -329,8 +329,9 @@ impl Consumer {
             self.position(partition),
             self.topic.inner.partition(partition),
         ) {
-            (Some(next), Ok(part)) => ring::checked_latest(part.header(), &part.slots())
-                .saturating_sub(next),
+            (Some(next), Ok(part)) => {
+                ring::checked_latest(part.header(), &part.slots()).saturating_sub(next)
+            }
             _ => 0,
         }
     }

@@ -228,7 +228,13 @@ impl Writer {
         // near 2^62. Either way the walk below is bounded: a run of published
         // slots cannot be longer than the ring.
         let raw = hdr.cursor.load(Ordering::Acquire);
-        let believed = raw < resume_cap(geo) && believable(mem, raw);
+        // A cursor whose own slot already holds a later lap is a ring or
+        // more behind (scribbled low, e.g. to 0): resuming there would
+        // rewrite offsets readers have consumed, so it is not believed
+        // either.
+        let believed = raw < resume_cap(geo)
+            && believable(mem, raw)
+            && mem.seq(raw & geo.mask()).load(Ordering::Acquire) < holds(raw + geo.slots);
         let mut next = if believed { raw } else { scan_end(mem) };
         let mut tries = 0u32;
         let mut steps = 0u64;
@@ -380,39 +386,59 @@ pub fn believable<S: SlotMemory + ?Sized>(mem: &S, cursor: u64) -> bool {
         return false;
     }
     let last = cursor - 1;
+    let mask = mem.geometry().mask();
     // SYNC POINT "slot published" (via "cursor"): the caller loaded `cursor`
     // with Acquire before this load.
-    mem.seq(last & mem.geometry().mask())
-        .load(Ordering::Acquire)
-        >= holds(last)
+    at_or_after(mem.seq(last & mask).load(Ordering::Acquire), last, mask)
+}
+
+/// Whether `s`, the sequence word of the slot of offset `o`, is a mark a
+/// real writer can have left there once `o` was published: "holds" or
+/// "writing" an offset `x >= o` of the same slot (`x ≡ o mod slots`), below
+/// [`MAX_OFFSET`]. Garbage such as `u64::MAX` fails.
+fn at_or_after(s: u64, o: u64, mask: u64) -> bool {
+    if s < holds(o) {
+        return false;
+    }
+    // `2x + 1` and `2x + 2` both give `x`.
+    let x = (s - 1) / 2;
+    x < MAX_OFFSET && x & mask == o & mask
 }
 
 /// The end of the ring as its slots show it, for when the cursor cannot be
-/// believed: one past the highest offset `x` whose slot holds it and whose
-/// predecessor's slot holds `x - 1` or later (two consistent words, so one
-/// scribbled sequence word cannot make the end wild). Reads every sequence
-/// word once: `O(slots)`, only on a damaged ring.
+/// believed: one past the highest offset that at least half of the written
+/// slots agree with. A real ring's written slots all hold offsets within one
+/// ring below its end, so a few scribbled (even forged, self-consistent)
+/// sequence words cannot outvote them and make the end wild. Reads every
+/// sequence word once and sorts them: `O(slots log slots)`, only on a
+/// damaged ring (a cursor that failed [`believable`]).
 #[cold]
 pub fn scan_end<S: SlotMemory + ?Sized>(mem: &S) -> u64 {
     let geo = mem.geometry();
     let cap = resume_cap(geo);
-    let mut end = 0u64;
+    let mut held: Vec<u64> = Vec::new();
     for i in 0..geo.slots {
         let s = mem.seq(i).load(Ordering::Acquire);
         if s < 2 || s % 2 != 0 {
             continue;
         }
         let x = s / 2 - 1;
-        if x & geo.mask() != i || x >= cap || x < end {
-            continue;
-        }
-        let confirmed =
-            x == 0 || mem.seq((x - 1) & geo.mask()).load(Ordering::Acquire) >= holds(x - 1);
-        if confirmed {
-            end = x + 1;
+        if x & geo.mask() == i && x < cap {
+            held.push(x);
         }
     }
-    end
+    held.sort_unstable();
+    let need = held.len().div_ceil(2);
+    for j in (0..held.len()).rev() {
+        let x = held[j];
+        // Slots whose offsets lie in (x - slots, x]: the ring ending at x.
+        let lowest = x.saturating_sub(geo.slots - 1);
+        let first = held.partition_point(|&v| v < lowest);
+        if j + 1 - first >= need {
+            return x + 1;
+        }
+    }
+    0
 }
 
 /// The write end of the ring, checked: the cursor if it is
