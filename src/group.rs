@@ -570,7 +570,10 @@ impl GroupConsumer {
                         .load(Ordering::Acquire)
                         .checked_sub(1)
                     {
-                        Some(o) => o,
+                        // Hostile-peer repair (ring work): a committed
+                        // offset beyond the write end was scribbled; waiting
+                        // there would stall this member for good.
+                        Some(o) => o.min(ring::checked_latest(part.header(), &part.slots())),
                         None => ring::checked_earliest(part.header(), &part.slots()),
                     };
                     Cursor::at(p, next)
