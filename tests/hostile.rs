@@ -346,6 +346,41 @@ fn scribbled_shared_next_does_not_stall_competing_consumers() {
     g.finish();
 }
 
+/// A group member positioned at a scribbled committed offset (`u64::MAX`
+/// stored, i.e. "next 2^64 - 2") waited there for good; found by the suite.
+#[test]
+fn scribbled_committed_does_not_strand_a_group_member() {
+    let g = ShmGuard::new("gcommit");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("c", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        p.send(b"a").unwrap();
+        // Register the group (group 0), then scribble its committed offset.
+        drop(Consumer::new(&t, "members").unwrap());
+        let meta = Map::open(&shmq::name::meta_region(g.ns(), "c"));
+        let committed = META_HEADER + layout::LINE + MEMBER_CAPACITY as usize * layout::LINE;
+        meta.u64_at(committed).store(u64::MAX, Ordering::SeqCst);
+        let mut c = GroupConsumer::join(&t, "members", GroupOptions::default()).unwrap();
+        assert!(c.position(0).unwrap() <= 1, "{:?}", c.position(0));
+        p.send(b"b").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut got = Vec::new();
+        while got.is_empty() && Instant::now() < deadline {
+            got = c
+                .poll_timeout(8, Duration::from_millis(20))
+                .unwrap()
+                .records;
+        }
+        assert_eq!(got.len(), 1, "the member stalled");
+        assert_eq!(got[0].value, b"b");
+        drop((c, p, meta, t));
+    }
+    g.finish();
+}
+
 // ---------------------------------------------------------------------------
 // The multi-process suite.
 // ---------------------------------------------------------------------------
