@@ -622,7 +622,24 @@ fn scribbler_role(ns: &str, topics: &[String], secs: u64, seed: u64) {
             64..=79 => "member",
             t => ["committed", "owner", "next", "nacks", "dlq"][(t - 80) as usize % 5],
         };
-        if only.as_ref().is_some_and(|o| !o.iter().any(|c| c == class)) {
+        // Sub-fields of the group header and member entries, picked from
+        // `target` so the filter can name them too.
+        let sub = match target {
+            58..=63 => ["state", "name_len", "stale_ms", "last_active"][(target - 58) as usize % 4],
+            64..=79 => [
+                "member_id",
+                "heartbeat",
+                "pid",
+                "role",
+                "work_lo",
+                "work_hi",
+            ][(target - 64) as usize % 6],
+            _ => class,
+        };
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|c| c == class || c == sub))
+        {
             std::thread::yield_now();
             continue;
         }
@@ -711,7 +728,7 @@ fn scribbler_role(ns: &str, topics: &[String], secs: u64, seed: u64) {
             match target {
                 58..=63 => {
                     // Group header: state, name_len, stale_ms, last_active.
-                    match rng.below(4) {
+                    match (target - 58) % 4 {
                         0 => m.u64_at(base).store(rng.below(5), Ordering::Relaxed),
                         1 => m
                             .u32_at(base + 8)
@@ -728,7 +745,7 @@ fn scribbler_role(ns: &str, topics: &[String], secs: u64, seed: u64) {
                 64..=79 => {
                     // A member entry word.
                     let e = base + layout::LINE + rng.below(4) as usize * layout::LINE;
-                    match rng.below(6) {
+                    match (target - 64) % 6 {
                         0 => m.u64_at(e).store(small(&mut rng), Ordering::Relaxed),
                         1 => m.u64_at(e + 8).store(small(&mut rng), Ordering::Relaxed),
                         2 => m.u32_at(e + 16).store(rng.next() as u32, Ordering::Relaxed),
