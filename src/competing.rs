@@ -130,7 +130,7 @@ impl CompetingConsumer {
             .committed
             .load(Ordering::Acquire)
             .checked_sub(1)
-            .unwrap_or_else(|| ring::earliest(part.header(), part.geo));
+            .unwrap_or_else(|| ring::checked_earliest(part.header(), &part.slots()));
         proto::position_shared(gp, start);
         Ok(CompetingConsumer {
             m,
@@ -265,7 +265,7 @@ impl CompetingConsumer {
                 ReadOutcome::Lapped { missed, resume } => {
                     let resume = resume.min(hi);
                     let lost = resume - o;
-                    self.missed += lost;
+                    self.missed = self.missed.saturating_add(lost);
                     out.lagged.push(Lagged {
                         partition: self.partition,
                         missed: lost.min(missed),
@@ -274,8 +274,8 @@ impl CompetingConsumer {
                     o = resume;
                 }
                 ReadOutcome::Corrupt => {
-                    self.corrupt += 1;
-                    out.corrupt += 1;
+                    self.corrupt = self.corrupt.saturating_add(1);
+                    out.corrupt = out.corrupt.saturating_add(1);
                     o += 1;
                 }
             }
@@ -340,12 +340,14 @@ impl CompetingConsumer {
             let view = inner.group(self.m.g);
             let gp = &view.partitions[self.partition as usize];
             let me = &view.members[self.m.index];
-            let earliest = ring::earliest(part.header(), part.geo);
-            let cursor = ring::latest(part.header());
+            // Checked: a wild cursor must not hand out offsets the writer
+            // never reached (the shared `next` would jump there for good).
+            let cursor = ring::checked_latest(part.header(), &part.slots());
+            let earliest = cursor.saturating_sub(part.geo.slots);
             let want = (max - out.records.len()) as u64;
             if let Some(b) = proto::claim_batch(gp, me, self.pending(), earliest, cursor, want) {
                 if b.skipped > 0 {
-                    self.missed += b.skipped;
+                    self.missed = self.missed.saturating_add(b.skipped);
                     out.lagged.push(Lagged {
                         partition: self.partition,
                         missed: b.skipped,
@@ -374,7 +376,8 @@ impl CompetingConsumer {
         let Some(mut a) = proto::adopt(&view.members[orphan.index], orphan, token, now) else {
             return;
         };
-        let cursor = ring::latest(inner.part(self.partition).header());
+        let part = inner.part(self.partition);
+        let cursor = ring::checked_latest(part.header(), &part.slots());
         // Never trust the range a dead peer left: clamp it.
         a.hi = a.hi.min(cursor).min(a.lo.saturating_add(MAX_ADOPT));
         let lo = a.lo.min(a.hi);

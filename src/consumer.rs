@@ -92,11 +92,12 @@ pub struct Delivered {
 pub(crate) struct Cursor {
     pub(crate) partition: u32,
     pub(crate) next: u64,
-    /// The partition's write cursor as last read: offsets below it are
-    /// published. Cached so the shared cursor line is read only when this
-    /// reader has caught up with it (and then a caught-up reader spins on
-    /// the cursor line, not on the slot the writer is about to claim).
-    pub(crate) end: u64,
+    /// The partition's write cursor as last read and validated (offsets
+    /// below it are published), cached so the shared cursor line is read
+    /// only when this reader has caught up with it (and then a caught-up
+    /// reader spins on the cursor line, not on the slot the writer is about
+    /// to claim); plus the damage bookkeeping of `ring::CursorCache`.
+    pub(crate) cache: ring::CursorCache,
 }
 
 impl Cursor {
@@ -105,20 +106,32 @@ impl Cursor {
         Cursor {
             partition,
             next,
-            end: 0,
+            cache: ring::CursorCache::default(),
         }
     }
 
-    /// Whether offset `next` can have been published ("anything new?"):
-    /// answered from the cached write cursor, reloading the shared one only
-    /// when the cache is exhausted. A hint: the slot's sequence word decides.
+    /// Whether offset `next` can have been published ("anything new?"); see
+    /// `ring::CursorCache::may_read`. A hint: the slot's sequence word decides.
     #[inline]
-    pub(crate) fn may_read(&mut self, hdr: &crate::layout::PartitionHeader) -> bool {
-        if self.next < self.end {
-            return true;
-        }
-        self.end = ring::latest(hdr);
-        self.next < self.end
+    pub(crate) fn may_read<S: ring::SlotMemory + ?Sized>(
+        &mut self,
+        hdr: &crate::layout::PartitionHeader,
+        mem: &S,
+    ) -> bool {
+        self.cache.may_read(hdr, mem, self.next)
+    }
+
+    /// After `NotYet` at `next`: whether `next` is stuck below the believed
+    /// cursor long enough to be skipped as damaged (`ring::Stuck`).
+    #[inline]
+    pub(crate) fn skip_stuck(&mut self) -> bool {
+        self.cache.skip_stuck(self.next, os::coarse_now_ns())
+    }
+
+    /// Take the damage counted by `may_read` (wild cursors seen).
+    #[inline]
+    pub(crate) fn take_damage(&mut self) -> u64 {
+        self.cache.take_damage()
     }
 }
 
@@ -336,13 +349,17 @@ impl Consumer {
 
     fn resolve(&self, p: u32, policy: SeekPolicy) -> Result<u64> {
         let part = self.topic.inner.partition(p)?;
+        let slots = part.slots();
         Ok(match policy {
-            SeekPolicy::Earliest => ring::earliest(part.header(), part.geo),
-            SeekPolicy::Latest => ring::latest(part.header()),
+            SeekPolicy::Earliest => ring::checked_earliest(part.header(), &slots),
+            SeekPolicy::Latest => ring::checked_latest(part.header(), &slots),
             SeekPolicy::Offset(o) => o,
             SeekPolicy::Committed => match self.store.load(&self.topic, &self.group, p)? {
-                Some(o) => o,
-                None => ring::earliest(part.header(), part.geo),
+                // A committed offset beyond the write end cannot come from a
+                // reader (it commits what it read): a scribbled group table.
+                // Resume at the end rather than wait there forever.
+                Some(o) => o.min(ring::checked_latest(part.header(), &slots)),
+                None => ring::checked_earliest(part.header(), &slots),
             },
         })
     }
@@ -402,7 +419,9 @@ impl Consumer {
             self.position(partition),
             self.topic.inner.partition(partition),
         ) {
-            (Some(next), Ok(part)) => ring::latest(part.header()).saturating_sub(next),
+            (Some(next), Ok(part)) => {
+                ring::checked_latest(part.header(), &part.slots()).saturating_sub(next)
+            }
             _ => 0,
         }
     }
@@ -495,29 +514,36 @@ impl Consumer {
         for k in 0..n {
             let i = (self.rr + k) % n;
             let c = &mut self.cursors[i];
-            let part = &self.topic.inner.part(c.partition);
-            while c.may_read(part.header()) {
-                match ring::read(part.header(), &part.slots(), c.next, buf) {
+            let part = self.topic.inner.part(c.partition);
+            let slots = part.slots();
+            while c.may_read(part.header(), &slots) {
+                match ring::read(part.header(), &slots, c.next, buf) {
                     ReadOutcome::Record => {
                         let d = Delivered {
                             partition: c.partition,
                             offset: c.next,
                         };
-                        c.next += 1;
+                        c.next = c.next.saturating_add(1);
                         self.rr = (i + 1) % n;
+                        self.corrupt = self.corrupt.saturating_add(c.take_damage());
                         return Ok(Some(d));
+                    }
+                    ReadOutcome::NotYet if c.skip_stuck() => {
+                        self.corrupt = self.corrupt.saturating_add(1);
+                        c.next = c.next.saturating_add(1);
                     }
                     ReadOutcome::NotYet => break,
                     ReadOutcome::Lapped { missed, resume } => {
-                        self.missed += missed;
+                        self.missed = self.missed.saturating_add(missed);
                         c.next = resume;
                     }
                     ReadOutcome::Corrupt => {
-                        self.corrupt += 1;
-                        c.next += 1;
+                        self.corrupt = self.corrupt.saturating_add(1);
+                        c.next = c.next.saturating_add(1);
                     }
                 }
             }
+            self.corrupt = self.corrupt.saturating_add(c.take_damage());
         }
         Ok(None)
     }
@@ -542,7 +568,7 @@ impl Consumer {
             let c = &mut self.cursors[i];
             let part = &self.topic.inner.part(c.partition);
             let slots = part.slots();
-            while out.records.len() < max && c.may_read(part.header()) {
+            while out.records.len() < max && c.may_read(part.header(), &slots) {
                 match ring::read(part.header(), &slots, c.next, &mut self.buf) {
                     ReadOutcome::Record => {
                         out.records.push(Record {
@@ -552,11 +578,16 @@ impl Consumer {
                             key: self.buf.key().map(<[u8]>::to_vec),
                             value: self.buf.value().to_vec(),
                         });
-                        c.next += 1;
+                        c.next = c.next.saturating_add(1);
+                    }
+                    ReadOutcome::NotYet if c.skip_stuck() => {
+                        self.corrupt = self.corrupt.saturating_add(1);
+                        out.corrupt = out.corrupt.saturating_add(1);
+                        c.next = c.next.saturating_add(1);
                     }
                     ReadOutcome::NotYet => break,
                     ReadOutcome::Lapped { missed, resume } => {
-                        self.missed += missed;
+                        self.missed = self.missed.saturating_add(missed);
                         out.lagged.push(Lagged {
                             partition: c.partition,
                             missed,
@@ -565,12 +596,15 @@ impl Consumer {
                         c.next = resume;
                     }
                     ReadOutcome::Corrupt => {
-                        self.corrupt += 1;
-                        out.corrupt += 1;
-                        c.next += 1;
+                        self.corrupt = self.corrupt.saturating_add(1);
+                        out.corrupt = out.corrupt.saturating_add(1);
+                        c.next = c.next.saturating_add(1);
                     }
                 }
             }
+            let damage = c.take_damage();
+            self.corrupt = self.corrupt.saturating_add(damage);
+            out.corrupt = out.corrupt.saturating_add(damage);
         }
         self.rr = (start + 1) % n;
         Ok(out)

@@ -643,11 +643,14 @@ impl GroupConsumer {
                         .load(Ordering::Acquire)
                         .checked_sub(1)
                     {
-                        Some(o) => o,
+                        // Hostile-peer repair (ring work): a committed
+                        // offset beyond the write end was scribbled; waiting
+                        // there would stall this member for good.
+                        Some(o) => o.min(ring::checked_latest(part.header(), &part.slots())),
                         None => {
                             // Never committed: hold a backpressure writer from
                             // here, not from offset 0.
-                            let start = ring::earliest(part.header(), part.geo);
+                            let start = ring::checked_earliest(part.header(), &part.slots());
                             proto::publish_start(&view.partitions[p as usize], start);
                             start
                         }

@@ -563,6 +563,24 @@ pub fn claim_batch(
             break None;
         }
         let n = current - 1;
+        if n > cursor {
+            // Hostile-peer repair (ring work, issue 11 defect 6): a real claim
+            // never takes the shared cursor past the writer's (`hi <=
+            // cursor`), so `next` beyond it was scribbled. Waiting for the
+            // writer to get there would stall the group's competing
+            // consumers for good: put it back to the oldest retained offset
+            // (what was handed out before is unknown; at-least-once, so
+            // redeliver rather than lose).
+            let back = earliest.min(cursor).saturating_add(1);
+            match gp
+                .next
+                .compare_exchange(current, back, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => current = back,
+                Err(actual) => current = actual,
+            }
+            continue;
+        }
         let lo = n.max(earliest);
         let hi = cursor.min(lo.saturating_add(max));
         if hi <= lo {

@@ -152,20 +152,23 @@ pub fn read<S: SlotMemory + ?Sized>(
     }) {
         ReadWith::Record { intact: true, .. } => ReadOutcome::Record,
         // Overwritten during the copy: the copy is discarded.
-        ReadWith::Record { intact: false, .. } => lapped(hdr, mem.geometry(), offset),
+        ReadWith::Record { intact: false, .. } => lapped(hdr, mem, offset),
         ReadWith::NotYet => ReadOutcome::NotYet,
         ReadWith::Lapped { missed, resume } => ReadOutcome::Lapped { missed, resume },
         ReadWith::Corrupt => ReadOutcome::Corrupt,
     }
 }
 
-fn lapped(hdr: &PartitionHeader, geo: Geometry, offset: u64) -> ReadOutcome {
+fn lapped<S: SlotMemory + ?Sized>(hdr: &PartitionHeader, mem: &S, offset: u64) -> ReadOutcome {
     // SYNC POINT "cursor": offsets below `cursor` are published, so the
     // oldest that can still be in the ring is `cursor - slots`. If the writer
     // is already overwriting that one too, the next read laps again and
     // counts it, so the total missed stays exact without skipping a record
-    // that is still intact.
-    let cursor = hdr.cursor.load(Ordering::Acquire);
+    // that is still intact. A cursor that fails validation (a scribbled
+    // header) is replaced by the end the slots show (`checked_latest`), so a
+    // wild cursor can neither send the reader beyond the writer nor make
+    // `missed` absurd.
+    let cursor = checked_latest(hdr, mem);
     if cursor <= offset {
         // No sign the writer got past `offset`: either a batch larger than
         // the ring whose cursor update is still to come, or a scribbled
@@ -175,10 +178,10 @@ fn lapped(hdr: &PartitionHeader, geo: Geometry, offset: u64) -> ReadOutcome {
         return ReadOutcome::NotYet;
     }
     let resume = cursor
-        .saturating_sub(geo.slots)
+        .saturating_sub(mem.geometry().slots)
         .max(offset.saturating_add(1));
     ReadOutcome::Lapped {
-        missed: resume - offset,
+        missed: resume.saturating_sub(offset),
         resume,
     }
 }
@@ -202,6 +205,8 @@ pub enum WriteError {
 pub struct Writer {
     next: u64,
     me: u64,
+    /// The ring's slot count (the bound of the cursor repair in `commit`).
+    slots: u64,
 }
 
 impl Writer {
@@ -217,14 +222,24 @@ impl Writer {
         wait: impl Fn(),
     ) -> Writer {
         let geo = mem.geometry();
-        // A scribbled cursor is clamped; the loop below advances at most
-        // `slots` times (a run of published slots cannot be longer).
-        let mut next = hdr
-            .cursor
-            .load(Ordering::Acquire)
-            .min(MAX_OFFSET - geo.slots - 1);
+        // The cursor is believed only if the slots agree with it (see
+        // `believable`); a wild one (scribbled by a buggy or hostile peer) is
+        // replaced by the end the slots show, so a takeover never resumes
+        // near 2^62. Either way the walk below is bounded: a run of published
+        // slots cannot be longer than the ring.
+        let raw = hdr.cursor.load(Ordering::Acquire);
+        // A cursor whose own slot already holds a later lap is a ring or
+        // more behind (scribbled low, e.g. to 0): resuming there would
+        // rewrite offsets readers have consumed, so it is not believed
+        // either.
+        let believed = raw < resume_cap(geo)
+            && believable(mem, raw)
+            && mem.seq(raw & geo.mask()).load(Ordering::Acquire) < holds(raw + geo.slots);
+        let mut next = if believed { raw } else { scan_end(mem) };
         let mut tries = 0u32;
-        loop {
+        let mut steps = 0u64;
+        while steps <= geo.slots && next < resume_cap(geo) {
+            steps += 1;
             let seq = mem.seq(next & geo.mask());
             let s = seq.load(Ordering::Acquire);
             if s == holds(next) {
@@ -234,6 +249,7 @@ impl Writer {
             if s == writing(next) {
                 if tries < 64 {
                     tries += 1;
+                    steps -= 1;
                     wait();
                     continue;
                 }
@@ -250,10 +266,14 @@ impl Writer {
             }
             break;
         }
-        if next != hdr.cursor.load(Ordering::Relaxed) {
-            hdr.cursor.fetch_max(next, Ordering::SeqCst);
+        if next != raw {
+            repair_cursor(hdr, raw, next, if believed { geo.slots } else { 0 });
         }
-        Writer { next, me }
+        Writer {
+            next,
+            me,
+            slots: geo.slots,
+        }
     }
 
     /// The offset the next publish will get.
@@ -315,20 +335,262 @@ impl Writer {
     pub fn commit(&self, hdr: &PartitionHeader) -> bool {
         // SYNC POINT "cursor": pairs with Acquire loads of the cursor; SeqCst
         // so it is totally ordered with a parking reader's `waiters` bump.
-        hdr.cursor.fetch_max(self.next, Ordering::SeqCst);
+        let prev = hdr.cursor.fetch_max(self.next, Ordering::SeqCst);
+        if prev > self.next.saturating_add(self.slots) {
+            // A cursor more than a ring beyond our own next offset cannot be
+            // ours or a fenced predecessor's: a peer scribbled it. Put it
+            // back (a CAS, so a concurrent legitimate raise is not undone).
+            cold_repair(hdr, prev, self.next);
+        }
         hdr.waiters.load(Ordering::SeqCst) != 0
+    }
+}
+
+/// The highest offset `Writer::resume` starts from (keeps `2o + 2` and
+/// `o + slots` far from wrapping).
+fn resume_cap(geo: Geometry) -> u64 {
+    MAX_OFFSET - geo.slots - 1
+}
+
+/// Publish the writer's `next` as the cursor after a resume: raise it, or
+/// lower one that stands more than `slack` beyond `next` (a wild cursor).
+fn repair_cursor(hdr: &PartitionHeader, seen: u64, next: u64, slack: u64) {
+    if seen < next {
+        hdr.cursor.fetch_max(next, Ordering::SeqCst);
+    } else if seen > next.saturating_add(slack) {
+        cold_repair(hdr, seen, next);
+    }
+}
+
+#[cold]
+fn cold_repair(hdr: &PartitionHeader, wild: u64, next: u64) {
+    // SYNC POINT "cursor": SeqCst like every other cursor update. Every slot
+    // below `next` was published by this writer (or repaired by `resume`),
+    // so the lowered cursor still implies its slots.
+    let _ = hdr
+        .cursor
+        .compare_exchange(wild, next, Ordering::SeqCst, Ordering::Relaxed);
+}
+
+/// Whether `cursor` can be the write cursor of the ring in `mem`: below
+/// [`MAX_OFFSET`], and the slot of `cursor - 1` holds that offset or a later
+/// one. A real cursor always passes (the writer publishes a slot before it
+/// raises the cursor past it, and the Acquire load of the cursor makes that
+/// publish visible); a cursor scribbled beyond the writer fails, because that
+/// slot holds an older offset, unless the peer forged the slot word too.
+pub fn believable<S: SlotMemory + ?Sized>(mem: &S, cursor: u64) -> bool {
+    if cursor == 0 {
+        return true;
+    }
+    if cursor >= MAX_OFFSET {
+        return false;
+    }
+    let last = cursor - 1;
+    let mask = mem.geometry().mask();
+    // SYNC POINT "slot published" (via "cursor"): the caller loaded `cursor`
+    // with Acquire before this load.
+    at_or_after(mem.seq(last & mask).load(Ordering::Acquire), last, mask)
+}
+
+/// Whether `s`, the sequence word of the slot of offset `o`, is a mark a
+/// real writer can have left there once `o` was published: "holds" or
+/// "writing" an offset `x >= o` of the same slot (`x ≡ o mod slots`), below
+/// [`MAX_OFFSET`]. Garbage such as `u64::MAX` fails.
+fn at_or_after(s: u64, o: u64, mask: u64) -> bool {
+    if s < holds(o) {
+        return false;
+    }
+    // `2x + 1` and `2x + 2` both give `x`.
+    let x = (s - 1) / 2;
+    x < MAX_OFFSET && x & mask == o & mask
+}
+
+/// The end of the ring as its slots show it, for when the cursor cannot be
+/// believed: one past the highest offset that at least half of the written
+/// slots agree with. A real ring's written slots all hold offsets within one
+/// ring below its end, so a few scribbled (even forged, self-consistent)
+/// sequence words cannot outvote them and make the end wild. Reads every
+/// sequence word once and sorts them: `O(slots log slots)`, only on a
+/// damaged ring (a cursor that failed [`believable`]).
+#[cold]
+pub fn scan_end<S: SlotMemory + ?Sized>(mem: &S) -> u64 {
+    let geo = mem.geometry();
+    let cap = resume_cap(geo);
+    let mut held: Vec<u64> = Vec::new();
+    for i in 0..geo.slots {
+        let s = mem.seq(i).load(Ordering::Acquire);
+        if s < 2 || s % 2 != 0 {
+            continue;
+        }
+        let x = s / 2 - 1;
+        if x & geo.mask() == i && x < cap {
+            held.push(x);
+        }
+    }
+    held.sort_unstable();
+    let need = held.len().div_ceil(2);
+    for j in (0..held.len()).rev() {
+        let x = held[j];
+        // Slots whose offsets lie in (x - slots, x]: the ring ending at x.
+        let lowest = x.saturating_sub(geo.slots - 1);
+        let first = held.partition_point(|&v| v < lowest);
+        if j + 1 - first >= need {
+            return x + 1;
+        }
+    }
+    0
+}
+
+/// The write end of the ring, checked: the cursor if it is
+/// [`believable`], else the end the slots show ([`scan_end`]). Use it for
+/// positions (seeking to "latest", counting messages); [`latest`] is the
+/// cheap unchecked hint.
+pub fn checked_latest<S: SlotMemory + ?Sized>(hdr: &PartitionHeader, mem: &S) -> u64 {
+    let raw = hdr.cursor.load(Ordering::Acquire);
+    if believable(mem, raw) {
+        raw
+    } else {
+        scan_end(mem)
+    }
+}
+
+/// The oldest offset still retained, from [`checked_latest`].
+pub fn checked_earliest<S: SlotMemory + ?Sized>(hdr: &PartitionHeader, mem: &S) -> u64 {
+    checked_latest(hdr, mem).saturating_sub(mem.geometry().slots)
+}
+
+/// How many times, at least [`STUCK_NS`] apart in total, a reader must find
+/// an offset unpublished although a believed cursor says it was published
+/// before it skips that offset as damaged ([`Stuck`]).
+pub const STUCK_CHECKS: u32 = 3;
+/// Minimum time, in nanoseconds, an offset must stay stuck before a reader
+/// skips it ([`Stuck`]).
+pub const STUCK_NS: u64 = 1_000_000;
+
+/// A reader's memory of an offset that reads [`ReadOutcome::NotYet`] although
+/// a believed write cursor is beyond it.
+///
+/// A real writer never leaves that state: it publishes a slot before it
+/// raises the cursor past it, and a reader that loaded the cursor with
+/// Acquire sees the publish (`loom-tests/tests/cursor.rs`). So a slot whose
+/// sequence word stays below "holds `o`" under such a cursor was scribbled
+/// (set to 0, or to an odd or older value): waiting for it would stall the
+/// reader, and on a backpressure topic the writer behind it, forever. After
+/// [`STUCK_CHECKS`] sightings spanning [`STUCK_NS`] the reader skips it and
+/// counts it as corrupt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stuck {
+    offset: u64,
+    first_ns: u64,
+    seen: u32,
+}
+
+impl Stuck {
+    /// Note that `offset` read `NotYet` at `now_ns` although a believed
+    /// cursor is beyond it. Returns `true` when the reader should give up on
+    /// it (skip it and count it as corrupt).
+    pub fn give_up(&mut self, offset: u64, now_ns: u64) -> bool {
+        if self.seen == 0 || self.offset != offset {
+            *self = Stuck {
+                offset,
+                first_ns: now_ns,
+                seen: 1,
+            };
+            return false;
+        }
+        self.seen = self.seen.saturating_add(1);
+        if self.seen >= STUCK_CHECKS && now_ns.saturating_sub(self.first_ns) >= STUCK_NS {
+            self.seen = 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// A reader's cached view of one partition's write cursor, with the damage
+/// checks every reader applies (shared by the consumers and the loom models).
+///
+/// * Only a cursor that is [`believable`] is cached. A wild one is counted
+///   once (per value) as damage and not believed: the reader then goes by
+///   the slots' sequence words alone until the writer repairs the cursor.
+/// * An offset stuck below the believed cursor is given up after a bound
+///   ([`Stuck`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CursorCache {
+    /// Believed write cursor: offsets below it are published.
+    end: u64,
+    /// The last wild cursor value seen (each counted once), 0 if none.
+    wild: u64,
+    /// Wild cursors seen and not yet taken by [`CursorCache::take_damage`].
+    damage: u64,
+    stuck: Stuck,
+}
+
+impl CursorCache {
+    /// Whether offset `next` can have been published ("anything new?"):
+    /// answered from the cached cursor, reloading the shared one only when
+    /// the cache is exhausted; a reloaded cursor is validated against the
+    /// slots ([`believable`]: one extra load, of the line the reader is
+    /// about to read when it is caught up). A hint: the slot's sequence word
+    /// decides.
+    #[inline]
+    pub fn may_read<S: SlotMemory + ?Sized>(
+        &mut self,
+        hdr: &PartitionHeader,
+        mem: &S,
+        next: u64,
+    ) -> bool {
+        if next < self.end {
+            return true;
+        }
+        // SYNC POINT "cursor": Acquire, pairs with `Writer::commit`.
+        let raw = latest(hdr);
+        if raw <= next {
+            return false;
+        }
+        if believable(mem, raw) {
+            self.end = raw;
+            return true;
+        }
+        self.wild_cursor(raw)
+    }
+
+    #[cold]
+    fn wild_cursor(&mut self, raw: u64) -> bool {
+        if raw != self.wild {
+            self.wild = raw;
+            self.damage = self.damage.saturating_add(1);
+        }
+        true
+    }
+
+    /// After [`ReadOutcome::NotYet`] at `next` (at time `now_ns`): whether
+    /// `next` has been stuck below the believed cursor long enough to be
+    /// skipped and counted as corrupt.
+    #[inline]
+    pub fn skip_stuck(&mut self, next: u64, now_ns: u64) -> bool {
+        next < self.end && self.stuck.give_up(next, now_ns)
+    }
+
+    /// Take the count of wild cursors seen since the last call.
+    #[inline]
+    pub fn take_damage(&mut self) -> u64 {
+        std::mem::take(&mut self.damage)
     }
 }
 
 /// The offset of the oldest record a reader can still hope to read, given the
 /// writer's cursor.
 pub fn earliest(hdr: &PartitionHeader, geo: Geometry) -> u64 {
-    hdr.cursor.load(Ordering::Acquire).saturating_sub(geo.slots)
+    latest(hdr).saturating_sub(geo.slots)
 }
 
-/// The offset the next record will get (the "latest" position).
+/// The offset the next record will get (the "latest" position), as the
+/// header's cursor says, clamped to [`MAX_OFFSET`]. Unchecked: a cheap
+/// "anything new?" hint. For positions use [`checked_latest`], which does not
+/// believe a cursor the slots contradict.
 pub fn latest(hdr: &PartitionHeader) -> u64 {
-    hdr.cursor.load(Ordering::Acquire)
+    hdr.cursor.load(Ordering::Acquire).min(MAX_OFFSET)
 }
 
 // ---------------------------------------------------------------------------
@@ -402,7 +664,7 @@ pub fn read_with<S: SlotMemory + ?Sized, T>(
             None => {}
         }
     }
-    match lapped(hdr, geo, offset) {
+    match lapped(hdr, mem, offset) {
         ReadOutcome::Lapped { missed, resume } => ReadWith::Lapped { missed, resume },
         _ => ReadWith::NotYet,
     }

@@ -41,6 +41,10 @@ pub struct PartitionStats {
     pub takeovers: u64,
     /// `try_send`s that found the ring full.
     pub full_events: u64,
+    /// `true` if the header's write cursor failed validation against the
+    /// slots (a buggy or hostile peer scribbled it): `write_offset` is then
+    /// the end the slots show, not the wild value.
+    pub cursor_suspect: bool,
 }
 
 /// Per-group, per-partition figures.
@@ -56,6 +60,10 @@ pub struct GroupPartitionStats {
     pub nacks: u64,
     /// Records routed to the dead-letter topic.
     pub dead_lettered: u64,
+    /// `true` if the stored committed offset lies beyond `write_offset`
+    /// (impossible for a real commit: a scribbled group table); `committed`
+    /// is then clamped to `write_offset`.
+    pub committed_suspect: bool,
 }
 
 /// Per-group figures.
@@ -119,7 +127,11 @@ impl Topic {
         let mut writes = Vec::with_capacity(n);
         for (p, part) in inner.parts().enumerate().take(n) {
             let h = part.header();
-            let write_offset = ring::latest(h);
+            // Checked against the slots: a scribbled cursor must not show as
+            // ~9.2e18 messages (flagged instead).
+            let raw = h.cursor.load(Ordering::Acquire);
+            let write_offset = ring::checked_latest(h, &part.slots());
+            let cursor_suspect = raw != write_offset && !ring::believable(&part.slots(), raw);
             writes.push(write_offset);
             let (epoch, owner) = writer_lease::unpack(h.writer.load(Ordering::Acquire));
             let writer = (owner != 0).then(|| {
@@ -140,6 +152,7 @@ impl Topic {
                 writer_epoch: epoch,
                 takeovers: h.takeovers.load(Ordering::Relaxed),
                 full_events: h.full_events.load(Ordering::Relaxed),
+                cursor_suspect,
             });
         }
         let mut groups = Vec::new();
@@ -171,13 +184,17 @@ impl Topic {
                 .take(writes.len())
                 .enumerate()
                 .map(|(p, gp)| {
-                    let committed = gp.committed.load(Ordering::Acquire).checked_sub(1);
+                    let write = writes.get(p).copied().unwrap_or(0);
+                    let raw = gp.committed.load(Ordering::Acquire).checked_sub(1);
+                    let committed_suspect = raw.is_some_and(|c| c > write);
+                    let committed = raw.map(|c| c.min(write));
                     GroupPartitionStats {
                         partition: p as u32,
                         committed,
-                        lag: writes[p].saturating_sub(committed.unwrap_or(0)),
+                        lag: write.saturating_sub(committed.unwrap_or(0)),
                         nacks: gp.nacks.load(Ordering::Relaxed),
                         dead_lettered: gp.dead_lettered.load(Ordering::Relaxed),
+                        committed_suspect,
                     }
                 })
                 .collect();

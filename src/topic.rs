@@ -902,8 +902,7 @@ impl Topic {
     /// # Errors
     /// [`Error::NoSuchPartition`].
     pub fn write_offset(&self, partition: u32) -> Result<u64> {
-        Ok(crate::ring::latest(
-            self.inner.partition(partition)?.header(),
-        ))
+        let part = self.inner.partition(partition)?;
+        Ok(crate::ring::checked_latest(part.header(), &part.slots()))
     }
 }

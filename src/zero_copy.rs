@@ -105,7 +105,7 @@ impl Consumer {
             let c = &mut self.cursors[i];
             let part = &inner.part(c.partition);
             let slots = part.slots();
-            while c.may_read(part.header()) {
+            while c.may_read(part.header(), &slots) {
                 let (partition, offset) = (c.partition, c.next);
                 let got = ring::read_with(part.header(), &slots, offset, |index| {
                     let (timestamp_ns, key_len, bytes) = slots.view(index)?;
@@ -124,10 +124,11 @@ impl Consumer {
                 });
                 match got {
                     ReadWith::Record { output, intact } => {
-                        c.next += 1;
+                        c.next = c.next.saturating_add(1);
                         if !intact {
-                            self.missed += 1;
+                            self.missed = self.missed.saturating_add(1);
                         }
+                        self.corrupt = self.corrupt.saturating_add(c.take_damage());
                         self.rr = (i + 1) % n;
                         return Ok(Some(Viewed {
                             delivered: Delivered { partition, offset },
@@ -135,17 +136,22 @@ impl Consumer {
                             lapped: !intact,
                         }));
                     }
+                    ReadWith::NotYet if c.skip_stuck() => {
+                        self.corrupt = self.corrupt.saturating_add(1);
+                        c.next = c.next.saturating_add(1);
+                    }
                     ReadWith::NotYet => break,
                     ReadWith::Lapped { missed, resume } => {
-                        self.missed += missed;
+                        self.missed = self.missed.saturating_add(missed);
                         c.next = resume;
                     }
                     ReadWith::Corrupt => {
-                        self.corrupt += 1;
-                        c.next += 1;
+                        self.corrupt = self.corrupt.saturating_add(1);
+                        c.next = c.next.saturating_add(1);
                     }
                 }
             }
+            self.corrupt = self.corrupt.saturating_add(c.take_damage());
         }
         Ok(None)
     }
