@@ -89,6 +89,11 @@ pub enum Command {
     /// Internal: the consumer process of `shmq demo`.
     #[command(hide = true)]
     DemoConsumer(crate::cmd::demo::ConsumerArgs),
+    /// Kill-and-restart soak: producers and consumer-group members in
+    /// separate processes, random SIGKILLs, every record verified.
+    ///
+    /// Example: shmq soak --duration 60s
+    Soak(crate::cmd::soak::SoakArgs),
 }
 
 /// Output format option shared by several verbs.

@@ -9,6 +9,7 @@ pub mod info;
 pub mod list;
 pub mod produce;
 pub mod reap;
+pub mod soak;
 pub mod supervise;
 
 use crate::cli::{Cli, Command};
@@ -30,5 +31,6 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Bench(a) => bench::run(&ns, a),
         Command::DemoProducer(a) => demo::run_producer(&ns, a),
         Command::DemoConsumer(a) => demo::run_consumer(&ns, a),
+        Command::Soak(a) => soak::run(&ns, a),
     }
 }
