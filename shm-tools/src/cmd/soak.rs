@@ -480,15 +480,21 @@ fn run_member(topic: &Topic, args: &SoakArgs, stop: &AtomicBool) -> CliResult {
 // --------------------------------------------------------------- analysis
 
 /// Per group and partition: what the members reported.
+///
+/// Offsets below `cut` are already added up in `done` (see
+/// [`Reports::compact`]), so a long run keeps only the recent runs in memory.
 #[derive(Debug, Default, Clone)]
 struct Reports {
     /// `(run, member instance)`.
     runs: Vec<(Run, u32)>,
     /// Offsets reported lost to lapping, `[start, end)`.
     lagged: Vec<(u64, u64)>,
+    /// Offsets below this are summed up in `done`.
+    cut: u64,
+    done: Tally,
 }
 
-/// What one group and partition add up to over `0..total`.
+/// What one group and partition add up to.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 struct Tally {
     delivered: u64,
@@ -499,6 +505,9 @@ struct Tally {
     wrong_duplicates: u64,
     conflicts: u64,
     beyond_end: u64,
+    /// Deliveries reported after their offsets were added up (below a
+    /// commit the group made seconds earlier): counted, not classified.
+    late: u64,
 }
 
 impl Tally {
@@ -511,6 +520,7 @@ impl Tally {
         self.wrong_duplicates += o.wrong_duplicates;
         self.conflicts += o.conflicts;
         self.beyond_end += o.beyond_end;
+        self.late += o.late;
     }
 }
 
@@ -528,17 +538,18 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
-/// Length of a set of disjoint intervals clipped to `[0, total)`.
-fn measure(v: &[(u64, u64)], total: u64) -> u64 {
+/// Length of a set of disjoint intervals clipped to `[lo, hi)`.
+fn measure(v: &[(u64, u64)], lo: u64, hi: u64) -> u64 {
     v.iter()
-        .map(|&(s, e)| e.min(total).saturating_sub(s.min(total)))
+        .map(|&(s, e)| e.min(hi).saturating_sub(s.max(lo)))
         .sum()
 }
 
-/// Account for the offsets `0..total` of one group and partition.
-fn tally(rep: &Reports, total: u64) -> Tally {
+/// Account for the offsets `lo..hi` of one group and partition, from runs
+/// and lag reports that all lie at or above `lo`.
+fn tally(runs: &[(Run, u32)], lagged: &[(u64, u64)], lo: u64, hi: u64) -> Tally {
     let mut t = Tally::default();
-    let mut runs = rep.runs.clone();
+    let mut runs = runs.to_vec();
     runs.sort_unstable_by_key(|(r, m)| (r.start, r.end, *m, r.span));
     // Overlaps between runs: a redelivery unless the same member delivered
     // the offset twice in one ownership span; a conflict if two producer
@@ -560,17 +571,83 @@ fn tally(rep: &Reports, total: u64) -> Tally {
         active.push((r, m));
     }
     let delivered = merge(runs.iter().map(|(r, _)| (r.start, r.end)).collect());
-    let union = measure(&delivered, u64::MAX);
-    t.delivered = measure(&delivered, total);
+    let union = measure(&delivered, 0, u64::MAX);
+    t.delivered = measure(&delivered, lo, hi);
     t.beyond_end = union - t.delivered;
     t.redelivered = (total_len - union).saturating_sub(t.wrong_duplicates);
-    t.lost = total - t.delivered;
-    let lagged = merge(rep.lagged.clone());
-    t.lagged = measure(&lagged, total);
+    t.lost = (hi - lo) - t.delivered;
+    let lagged = merge(lagged.to_vec());
+    t.lagged = measure(&lagged, lo, hi);
     let mut both = delivered;
     both.extend(lagged);
-    t.lost_unreported = total - measure(&merge(both), total);
+    t.lost_unreported = (hi - lo) - measure(&merge(both), lo, hi);
     t
+}
+
+impl Reports {
+    /// Clip what was reported below `self.cut` (counted as late).
+    fn clip_late(&mut self) {
+        let lo = self.cut;
+        let mut late = 0;
+        self.runs.retain_mut(|(r, _)| {
+            if r.start < lo {
+                late += r.end.min(lo) - r.start;
+                r.start = lo;
+            }
+            r.end > r.start
+        });
+        self.lagged.retain_mut(|l| {
+            l.0 = l.0.max(lo);
+            l.1 > l.0
+        });
+        self.done.late += late;
+    }
+
+    /// Add up the offsets below `cut` and forget their runs. `cut` must be
+    /// an offset the group committed long enough ago (seconds) that every
+    /// delivery below it has been reported: members report before they
+    /// commit, and within milliseconds of reading.
+    fn compact(&mut self, cut: u64) {
+        if cut <= self.cut {
+            return;
+        }
+        self.clip_late();
+        let (mut below, mut keep) = (Vec::new(), Vec::new());
+        for &(r, m) in &self.runs {
+            if r.end <= cut {
+                below.push((r, m));
+            } else if r.start < cut {
+                below.push((Run { end: cut, ..r }, m));
+                keep.push((Run { start: cut, ..r }, m));
+            } else {
+                keep.push((r, m));
+            }
+        }
+        let (mut lag_below, mut lag_keep) = (Vec::new(), Vec::new());
+        for &(s, e) in &self.lagged {
+            if s < cut {
+                lag_below.push((s, e.min(cut)));
+            }
+            if e > cut {
+                lag_keep.push((s.max(cut), e));
+            }
+        }
+        let t = tally(&below, &lag_below, self.cut, cut);
+        self.done.add(&t);
+        self.runs = keep;
+        self.lagged = lag_keep;
+        self.cut = cut;
+    }
+
+    /// The whole account over `0..total`.
+    fn finish(&self, total: u64) -> Tally {
+        let mut rest = self.clone();
+        rest.clip_late();
+        let mut t = rest.done;
+        let hi = total.max(rest.cut);
+        t.add(&tally(&rest.runs, &rest.lagged, rest.cut, hi));
+        t
+    }
 }
 
 // ----------------------------------------------------------------- parent
@@ -610,6 +687,7 @@ struct SoakReport {
     lagged: u64,
     lost_unreported: u64,
     redelivered: u64,
+    late: u64,
     wrong_duplicates: u64,
     conflicts: u64,
     corrupt: u64,
@@ -879,6 +957,31 @@ impl Soak {
             }
         }
         Ok(())
+    }
+
+    /// Add up, and forget, the runs below the offsets each group had
+    /// committed at the previous call (seconds ago), so memory stays flat
+    /// however long the soak runs. Takes this call's commits for the next.
+    fn compact(&mut self, prev: &mut HashMap<(usize, u32, u32), u64>) {
+        let mut now = HashMap::new();
+        for (t, spec) in self.topics.iter().enumerate() {
+            let Ok(st) = spec.topic.stats() else { continue };
+            for g in &st.groups {
+                let Some(gi) = g.name.strip_prefix('g').and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                for p in &g.partitions {
+                    now.insert((t, gi, p.partition), p.committed.unwrap_or(0));
+                }
+            }
+        }
+        let mut c = self.collected.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, &cut) in prev.iter() {
+            if let Some(r) = c.reports.get_mut(key) {
+                r.compact(cut);
+            }
+        }
+        *prev = now;
     }
 
     /// Sum of write offsets and committed offsets: grows while anything moves.
@@ -1186,6 +1289,7 @@ fn drive(
     let mut kill_at = next_kill(&mut rng, Instant::now());
     let mut last_progress = (soak.progress(), Instant::now());
     let mut last_check = Instant::now();
+    let mut last_compact = (Instant::now(), HashMap::new());
     while Instant::now() < end {
         if interrupted.load(Ordering::Relaxed) {
             soak.failures.push("interrupted".into());
@@ -1197,6 +1301,10 @@ fn drive(
                 soak.kill_random(&mut rng)?;
                 kill_at = next_kill(&mut rng, Instant::now());
             }
+        }
+        if last_compact.0.elapsed() >= Duration::from_secs(5) {
+            last_compact.0 = Instant::now();
+            soak.compact(&mut last_compact.1);
         }
         if last_check.elapsed() >= Duration::from_secs(1) {
             last_check = Instant::now();
@@ -1258,6 +1366,7 @@ fn drive(
         lagged: 0,
         lost_unreported: 0,
         redelivered: 0,
+        late: 0,
         wrong_duplicates: 0,
         conflicts: 0,
         corrupt: 0,
@@ -1292,7 +1401,7 @@ fn drive(
             for p in 0..args.producers {
                 let empty = Reports::default();
                 let rep = collected.reports.get(&(t, g, p)).unwrap_or(&empty);
-                sum.add(&tally(rep, ends[t][p as usize]));
+                sum.add(&rep.finish(ends[t][p as usize]));
             }
             let (corrupt, misplaced, skipped) =
                 collected.bad.get(&(t, g)).copied().unwrap_or_default();
@@ -1337,6 +1446,7 @@ fn drive(
                 report.lost_unreported += sum.lost_unreported;
             }
             report.redelivered += sum.redelivered;
+            report.late += sum.late;
             report.wrong_duplicates += sum.wrong_duplicates;
             report.conflicts += sum.conflicts;
             report.corrupt += corrupt;
@@ -1394,10 +1504,18 @@ fn print_report(r: &SoakReport, format: Format) -> CliResult {
     )?;
     writeln!(
         out,
-        "  duplicated {} redelivered after a member was killed or a rebalance (at-least-once), {} wrong, {} conflicting",
+        "  duplicated {} redelivered after a member was killed or a rebalance (at-least-once), {} wrong, {} conflicting{}",
         thousands(r.redelivered),
         thousands(r.wrong_duplicates),
-        thousands(r.conflicts)
+        thousands(r.conflicts),
+        if r.late > 0 {
+            format!(
+                "; {} reported late (below a commit seconds old, not classified)",
+                thousands(r.late)
+            )
+        } else {
+            String::new()
+        }
     )?;
     writeln!(
         out,
@@ -1620,8 +1738,9 @@ mod tests {
         let rep = Reports {
             runs: vec![(run(0, 100, 1, 9), 1), (run(60, 200, 1, 9), 2)],
             lagged: vec![],
+            ..Reports::default()
         };
-        let t = tally(&rep, 200);
+        let t = rep.finish(200);
         assert_eq!((t.delivered, t.lost, t.redelivered), (200, 0, 40));
         assert_eq!((t.wrong_duplicates, t.conflicts), (0, 0));
 
@@ -1629,8 +1748,9 @@ mod tests {
         let rep = Reports {
             runs: vec![(run(0, 50, 1, 9), 1), (run(40, 80, 1, 9), 1)],
             lagged: vec![],
+            ..Reports::default()
         };
-        let t = tally(&rep, 100);
+        let t = rep.finish(100);
         assert_eq!(
             (t.delivered, t.lost, t.wrong_duplicates, t.redelivered),
             (80, 20, 10, 0)
@@ -1639,15 +1759,17 @@ mod tests {
         let rep = Reports {
             runs: vec![(run(0, 50, 1, 9), 1), (run(40, 80, 2, 9), 1)],
             lagged: vec![],
+            ..Reports::default()
         };
-        assert_eq!(tally(&rep, 80).wrong_duplicates, 0);
+        assert_eq!(rep.finish(80).wrong_duplicates, 0);
 
         // Two producer instances at the same offsets: a conflict.
         let rep = Reports {
             runs: vec![(run(0, 50, 1, 9), 1), (run(45, 60, 1, 10), 2)],
             lagged: vec![],
+            ..Reports::default()
         };
-        assert_eq!(tally(&rep, 60).conflicts, 5);
+        assert_eq!(rep.finish(60).conflicts, 5);
     }
 
     #[test]
@@ -1657,8 +1779,9 @@ mod tests {
         let rep = Reports {
             runs: vec![(run(0, 100, 1, 1), 1), (run(420, 500, 1, 1), 2)],
             lagged: vec![(100, 300), (250, 400)],
+            ..Reports::default()
         };
-        let t = tally(&rep, 500);
+        let t = rep.finish(500);
         assert_eq!(t.delivered, 180);
         assert_eq!(t.lost, 320);
         assert_eq!(t.lagged, 300);
@@ -1667,9 +1790,42 @@ mod tests {
         let rep = Reports {
             runs: vec![(run(0, 10, 1, 1), 1)],
             lagged: vec![],
+            ..Reports::default()
         };
-        let t = tally(&rep, 8);
+        let t = rep.finish(8);
         assert_eq!((t.delivered, t.beyond_end, t.lost), (8, 2, 0));
+    }
+
+    #[test]
+    fn compaction_adds_up_to_the_same_account() {
+        let rep = Reports {
+            runs: vec![
+                (run(0, 100, 1, 1), 1),
+                (run(60, 180, 1, 1), 2),
+                (run(170, 175, 1, 1), 2),
+                (run(250, 400, 1, 2), 2),
+                (run(390, 420, 3, 2), 1),
+            ],
+            lagged: vec![(180, 240), (230, 250)],
+            ..Reports::default()
+        };
+        let whole = rep.finish(450);
+        assert_eq!(whole.delivered, 350);
+        assert_eq!((whole.lagged, whole.lost_unreported), (70, 30));
+        assert_eq!((whole.redelivered, whole.wrong_duplicates), (50, 5));
+        for cuts in [vec![50], vec![100, 200], vec![10, 175, 300, 395, 450]] {
+            let mut r = rep.clone();
+            for &c in &cuts {
+                r.compact(c);
+            }
+            assert_eq!(r.finish(450), whole, "cuts {cuts:?}");
+        }
+        // A delivery reported after its offsets were added up is late.
+        let mut r = rep.clone();
+        r.compact(300);
+        r.runs.push((run(280, 310, 9, 2), 3));
+        let t = r.finish(450);
+        assert_eq!((t.late, t.redelivered), (20, 60));
     }
 
     #[test]
