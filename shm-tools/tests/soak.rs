@@ -71,7 +71,7 @@ fn a_damaged_record_fails_the_soak() {
     for (fault, key) in [("corrupt", "corrupt"), ("skip", "misplaced")] {
         let (out, v) = soak(&[
             "--duration",
-            "1s",
+            "2s",
             "--kill-every",
             "0",
             "--overflow",
