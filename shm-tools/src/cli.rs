@@ -96,6 +96,11 @@ pub enum Command {
     ///
     /// Example: shmq group list orders; shmq group delete orders billing
     Group(crate::cmd::group::GroupArgs),
+    /// Kill-and-restart soak: producers and consumer-group members in
+    /// separate processes, random SIGKILLs, every record verified.
+    ///
+    /// Example: shmq soak --duration 60s
+    Soak(crate::cmd::soak::SoakArgs),
 }
 
 /// Output format option shared by several verbs.

@@ -10,6 +10,7 @@ pub mod info;
 pub mod list;
 pub mod produce;
 pub mod reap;
+pub mod soak;
 pub mod supervise;
 
 use crate::cli::{Cli, Command};
@@ -34,5 +35,6 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::DemoProducer(a) => demo::run_producer(&ns, a),
         Command::DemoConsumer(a) => demo::run_consumer(&ns, a),
         Command::Group(a) => group::run(&ns, a),
+        Command::Soak(a) => soak::run(&ns, a),
     }
 }
