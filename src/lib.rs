@@ -25,22 +25,111 @@
 //! # Ok::<(), shmq::Error>(())
 //! ```
 //!
-//! Module map: `layout` (every shared byte, drawn), `sync` (std/loom shim),
-//! `ring`, `lease`, `writer_lease`, `growth` (the lock-free protocols), `os` (every
-//! syscall), `region` and `slots` (the only other `unsafe`), then the API:
-//! [`TopicManager`], [`Producer`], [`Consumer`], [`OffsetStore`].
+//! ## Where to start
+//!
+//! 1. [`TopicManager`]: the entry point, one per process and namespace
+//!    ([`TopicManager::new`] reads `SHMQ_NAMESPACE`). It creates, opens,
+//!    lists and deletes topics, each configured by a [`TopicConfig`]
+//!    (partitions, slots, slot size, [`Overflow`] policy, retention).
+//! 2. [`Topic`]: an open topic; cheap to clone, kept alive (and its lease
+//!    renewed, see [`RenewalPolicy`]) while anything uses it.
+//!    [`Topic::stats`] shows offsets, writers and groups ([`TopicStats`]).
+//! 3. Writing: a [`Producer`] holds the writer lease of the partitions it
+//!    writes ([`Partitions`]): [`Producer::send`], [`Producer::send_keyed`]
+//!    (same key, same partition), [`Producer::send_batch`], or
+//!    [`Producer::loan`] to write a record in place.
+//! 4. Reading, three ways:
+//!    * [`Consumer`]: reads the partitions you assign, by offset, and
+//!      commits them for its group ([`OffsetStore`]); [`Consumer::poll`],
+//!      [`Consumer::recv`], [`Consumer::poll_with`] (zero-copy).
+//!    * [`ConsumerGroup`] / [`GroupConsumer`]: the members of a group share
+//!      the partitions between them and rebalance when one comes or goes.
+//!    * [`CompetingConsumer`]: several consumers take records of one
+//!      partition from a shared cursor (a work queue).
+//! 5. Failures: [`DlqRouter`] counts nacks and moves a record that keeps
+//!    failing to a dead-letter topic.
+//!
+//! Every fallible call returns [`Error`], whose messages say what to do.
+//! Loss is reported, not raised: [`Polled::lagged`] on overwrite topics,
+//! [`Polled::corrupt`] for records a faulty peer garbled.
+//!
+//! The shared-memory layout and the lock-free protocols (used by the
+//! `shmq` tool, the tests and the loom models) live in a hidden `protocol`
+//! module; they are not part of the API.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 mod sync;
 
-pub mod group_protocol;
-pub mod growth;
-pub mod layout;
-pub mod lease;
-pub mod ring;
-pub mod writer_lease;
+mod group_protocol;
+mod growth;
+mod layout;
+mod lease;
+mod ring;
+mod writer_lease;
+
+/// Internals: the shared-memory layout, the lock-free protocols, every
+/// system call, region names and the supervisor's pass. Public for the
+/// `shmq` tool, the tests and the loom models only; not part of the API and
+/// not stable.
+#[doc(hidden)]
+pub mod protocol {
+    /// See the crate's `group_protocol` module.
+    pub mod group_protocol {
+        pub use crate::group_protocol::*;
+    }
+    /// See the crate's `growth` module.
+    pub mod growth {
+        pub use crate::growth::*;
+    }
+    /// See the crate's `layout` module.
+    pub mod layout {
+        pub use crate::layout::*;
+    }
+    /// See the crate's `lease` module.
+    pub mod lease {
+        pub use crate::lease::*;
+    }
+    /// See the crate's `ring` module.
+    pub mod ring {
+        pub use crate::ring::*;
+    }
+    /// See the crate's `writer_lease` module.
+    pub mod writer_lease {
+        pub use crate::writer_lease::*;
+    }
+    /// See the crate's `name` module.
+    #[cfg(not(loom))]
+    pub mod name {
+        pub use crate::name::*;
+    }
+    /// See the crate's `os` module.
+    #[cfg(not(loom))]
+    pub mod os {
+        pub use crate::os::*;
+    }
+    /// See the crate's `reclaim` module.
+    #[cfg(not(loom))]
+    pub mod reclaim {
+        pub use crate::reclaim::*;
+    }
+    /// See the crate's `region` module.
+    #[cfg(not(loom))]
+    pub mod region {
+        pub use crate::region::*;
+    }
+    /// See the crate's `stats` module.
+    #[cfg(not(loom))]
+    pub mod stats {
+        pub use crate::stats::*;
+    }
+    /// See the crate's `token` module.
+    #[cfg(not(loom))]
+    pub mod token {
+        pub use crate::token::*;
+    }
+}
 
 #[cfg(not(loom))]
 mod backpressure;
@@ -63,25 +152,25 @@ mod group;
 #[cfg(not(loom))]
 mod group_table;
 #[cfg(not(loom))]
-pub mod name;
+mod name;
 #[cfg(not(loom))]
 mod offset;
 #[cfg(not(loom))]
-pub mod os;
+mod os;
 #[cfg(not(loom))]
 mod producer;
 #[cfg(not(loom))]
-pub mod reclaim;
+mod reclaim;
 #[cfg(not(loom))]
-pub mod region;
+mod region;
 #[cfg(not(loom))]
 mod renewal;
 #[cfg(not(loom))]
 mod slots;
 #[cfg(not(loom))]
-pub mod stats;
+mod stats;
 #[cfg(not(loom))]
-pub mod token;
+mod token;
 #[cfg(not(loom))]
 mod topic;
 #[cfg(not(loom))]
@@ -106,6 +195,9 @@ pub use dlq::{
 pub use error::{Error, RegionProblem, Result};
 #[cfg(not(loom))]
 pub use group::{ConsumerGroup, GroupConsumer, GroupOptions, DEFAULT_STALE_AFTER, MIN_STALE_AFTER};
+/// The shape of a partition ring ([`TopicConfig::validate`] returns it).
+#[cfg(not(loom))]
+pub use layout::Geometry;
 #[cfg(not(loom))]
 pub use offset::{MemOffsetStore, OffsetStore, ShmOffsetStore};
 #[cfg(not(loom))]

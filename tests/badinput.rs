@@ -12,7 +12,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 
 use common::{check_payload, payload, shm_files, shm_path, ShmGuard};
-use shmq::layout::{
+use shmq::protocol::layout::{
     self, HAS_KEY, KIND_META, KIND_PARTITION, LAYOUT_VERSION, META_HEADER, PARTITION_HEADER,
 };
 use shmq::{Consumer, Error, Producer, RegionProblem, TopicConfig, TopicManager};
@@ -43,11 +43,11 @@ fn file_len(region: &str) -> u64 {
 }
 
 fn meta(ns: &str, topic: &str) -> String {
-    shmq::name::meta_region(ns, topic)
+    shmq::protocol::name::meta_region(ns, topic)
 }
 
 fn part(ns: &str, topic: &str, p: u32) -> String {
-    shmq::name::partition_region(ns, topic, p)
+    shmq::protocol::name::partition_region(ns, topic, p)
 }
 
 /// `open` must fail with `BadRegion` on `region` with `problem`.
@@ -548,7 +548,7 @@ fn open_error(mgr: &TopicManager, topic: &str) -> String {
 
 #[test]
 fn region_messages_name_what_is_actually_wrong() {
-    use shmq::layout::{MetaHeader, PartitionHeader};
+    use shmq::protocol::layout::{MetaHeader, PartitionHeader};
     use std::mem::offset_of;
     let guard = ShmGuard::new("messages");
     let ns = guard.ns().to_string();

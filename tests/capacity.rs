@@ -27,7 +27,7 @@ fn config(partitions: u32, mib: u64) -> TopicConfig {
 }
 
 fn shm_free() -> u64 {
-    shmq::os::memory_figures()
+    shmq::protocol::os::memory_figures()
         .shm_free
         .expect("statvfs /dev/shm")
 }

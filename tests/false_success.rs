@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{shm_path, ShmGuard};
-use shmq::reclaim::{self, ReapOptions};
+use shmq::protocol::reclaim::{self, ReapOptions};
 use shmq::{
     Consumer, Error, Overflow, Producer, RegionProblem, RenewalPolicy, TopicConfig, TopicManager,
 };

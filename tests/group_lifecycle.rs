@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::{tell_parent, ShmGuard};
 use group_support::Kid;
-use shmq::group_protocol as proto;
-use shmq::layout::{group_state, KIND_META};
-use shmq::region::Region;
+use shmq::protocol::group_protocol as proto;
+use shmq::protocol::layout::{group_state, KIND_META};
+use shmq::protocol::region::Region;
 use shmq::{
     Consumer, Error, GroupConsumer, GroupOptions, Overflow, Producer, SeekPolicy, TopicConfig,
     TopicManager,
@@ -83,7 +83,7 @@ fn child_process() {
 }
 
 fn meta(ns: &str, topic: &str) -> Region {
-    Region::attach(&shmq::name::meta_region(ns, topic), KIND_META)
+    Region::attach(&shmq::protocol::name::meta_region(ns, topic), KIND_META)
         .expect("attach meta")
         .expect("meta exists")
 }
@@ -241,11 +241,11 @@ fn a_group_entry_left_half_made_by_a_dead_creator_is_recovered_at_once() {
         proto::entry_word(group_state::INIT, proto::entry_generation(free) + 1, dead),
         std::sync::atomic::Ordering::Release,
     );
-    let report = shmq::reclaim::reap(&ns, shmq::reclaim::ReapOptions::default()).unwrap();
+    let report = shmq::protocol::reclaim::reap(&ns, shmq::protocol::reclaim::ReapOptions::default()).unwrap();
     assert!(
         report.actions.iter().any(|a| matches!(
             a,
-            shmq::reclaim::ReapAction::FreedGroup {
+            shmq::protocol::reclaim::ReapAction::FreedGroup {
                 index: 2,
                 idle_for: None,
                 ..
@@ -312,11 +312,11 @@ fn two_hundred_short_lived_groups_fit_in_sixteen_entries() {
     println!("{runs} client processes with their own groups in {took:?}; {groups} groups left");
     // After the retention the supervisor frees the rest.
     std::thread::sleep(retention * 2);
-    let report = shmq::reclaim::reap(&ns, shmq::reclaim::ReapOptions::default()).unwrap();
+    let report = shmq::protocol::reclaim::reap(&ns, shmq::protocol::reclaim::ReapOptions::default()).unwrap();
     let freed = report
         .actions
         .iter()
-        .filter(|a| matches!(a, shmq::reclaim::ReapAction::FreedGroup { .. }))
+        .filter(|a| matches!(a, shmq::protocol::reclaim::ReapAction::FreedGroup { .. }))
         .count();
     assert_eq!(freed, groups, "{:?}", report.actions);
     assert!(topic.stats().unwrap().groups.is_empty());

@@ -488,13 +488,13 @@ fn member_table_full_is_a_typed_error_and_entries_are_reused() {
     let guard = ShmGuard::new("memfull");
     let mgr = guard.manager();
     let topic = mgr.create("t", config(2)).unwrap();
-    let mut members: Vec<ConsumerGroup> = (0..shmq::layout::MEMBER_CAPACITY)
+    let mut members: Vec<ConsumerGroup> = (0..shmq::protocol::layout::MEMBER_CAPACITY)
         .map(|_| ConsumerGroup::join(&topic, "g", GroupOptions::default()).unwrap())
         .collect();
     match ConsumerGroup::join(&topic, "g", GroupOptions::default()) {
         Err(Error::MemberTableFull { group, capacity }) => {
             assert_eq!(group, "g");
-            assert_eq!(capacity, shmq::layout::MEMBER_CAPACITY);
+            assert_eq!(capacity, shmq::protocol::layout::MEMBER_CAPACITY);
         }
         other => panic!("expected MemberTableFull, got {other:?}"),
     }

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use shmq::layout::{self, group_size, GROUP_CAPACITY, MEMBER_CAPACITY, META_HEADER};
+use shmq::protocol::layout::{self, group_size, GROUP_CAPACITY, MEMBER_CAPACITY, META_HEADER};
 use shmq::{
     CompetingConsumer, Consumer, Error, GroupConsumer, GroupOptions, Overflow, Producer,
     SeekPolicy, Topic, TopicConfig,
@@ -98,7 +98,7 @@ impl Drop for Map {
     }
 }
 
-// Partition header words (see `shmq::layout::PartitionHeader`).
+// Partition header words (see `shmq::protocol::layout::PartitionHeader`).
 const P_EXPIRY: usize = 0x40;
 const P_WRITER: usize = 0x50;
 const P_CURSOR: usize = 0x80;
@@ -162,7 +162,7 @@ fn stalled_slot(word: impl Fn(u64) -> u64, tag: &str) {
             p.try_send(&i.to_le_bytes()).unwrap();
         }
         assert!(matches!(p.try_send(b"x"), Err(Error::Full { .. })));
-        let map = Map::open(&shmq::name::partition_region(g.ns(), "bp", 0));
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "bp", 0));
         // Offset 3 is published and unread: scribble its sequence word.
         map.u64_at(slot_off(64, 3)).store(word(3), Ordering::SeqCst);
         let got = drain_to(&mut c, 8);
@@ -216,7 +216,7 @@ fn wild_cursor_is_disbelieved_and_repaired() {
         for i in 0..5u64 {
             p.send(&i.to_le_bytes()).unwrap();
         }
-        let map = Map::open(&shmq::name::partition_region(g.ns(), "w", 0));
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "w", 0));
         let cursor = map.u64_at(P_CURSOR);
         cursor.store(1 << 63, Ordering::SeqCst);
 
@@ -274,7 +274,7 @@ fn max_cursor_and_max_seq_do_not_overflow_missed() {
         }
         let mut c = Consumer::new(&t, "g").unwrap();
         c.seek(SeekPolicy::Offset(0)).unwrap();
-        let map = Map::open(&shmq::name::partition_region(g.ns(), "m", 0));
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "m", 0));
         map.u64_at(P_CURSOR).store(u64::MAX, Ordering::SeqCst);
         // Offset 5 (slot 5) claims to hold offset 2^63 - 1.
         map.u64_at(slot_off(64, 5))
@@ -320,7 +320,7 @@ fn scribbled_shared_next_does_not_stall_competing_consumers() {
         c.commit().unwrap();
         // The only group is group 0; its partition-0 line follows the
         // header and the member table.
-        let meta = Map::open(&shmq::name::meta_region(g.ns(), "c"));
+        let meta = Map::open(&shmq::protocol::name::meta_region(g.ns(), "c"));
         let next = META_HEADER + layout::LINE + MEMBER_CAPACITY as usize * layout::LINE + 16;
         meta.u64_at(next).store(1 << 40, Ordering::SeqCst);
         p.send(b"b").unwrap();
@@ -360,7 +360,7 @@ fn scribbled_committed_does_not_strand_a_group_member() {
         p.send(b"a").unwrap();
         // Register the group (group 0), then scribble its committed offset.
         drop(Consumer::new(&t, "members").unwrap());
-        let meta = Map::open(&shmq::name::meta_region(g.ns(), "c"));
+        let meta = Map::open(&shmq::protocol::name::meta_region(g.ns(), "c"));
         let committed = META_HEADER + layout::LINE + MEMBER_CAPACITY as usize * layout::LINE;
         meta.u64_at(committed).store(u64::MAX, Ordering::SeqCst);
         let mut c = GroupConsumer::join(&t, "members", GroupOptions::default()).unwrap();
@@ -593,9 +593,9 @@ fn scribbler_role(ns: &str, topics: &[String], secs: u64, seed: u64) {
     let mut parts = Vec::new();
     let mut metas = Vec::new();
     for t in topics {
-        metas.push(Map::open(&shmq::name::meta_region(ns, t)));
+        metas.push(Map::open(&shmq::protocol::name::meta_region(ns, t)));
         for p in 0..PARTS {
-            parts.push(Map::open(&shmq::name::partition_region(ns, t, p)));
+            parts.push(Map::open(&shmq::protocol::name::partition_region(ns, t, p)));
         }
     }
     let mut rng = Rng(seed | 1);

@@ -104,9 +104,9 @@ fn grower(topic: &Topic, rounds: u32) {
     tell_parent("holding", format!("{:?}", held[0].partitions()));
     for round in 0..rounds {
         assert_eq!(line_from_parent().as_deref(), Some("grow"));
-        let before = shmq::os::now_ns();
+        let before = shmq::protocol::os::now_ns();
         let mut p = Producer::new(topic).expect("grow");
-        let after = shmq::os::now_ns();
+        let after = shmq::protocol::os::now_ns();
         let parts = p.partitions();
         assert_eq!(parts.len(), 1, "a grown producer writes its new partition");
         p.send(&encode(1000 + round, 0, 0)).expect("send");
@@ -303,7 +303,7 @@ fn a_polling_group_member_and_consumer_pick_up_new_partitions_without_restart() 
                     };
                     if let Some(r) = got.records.into_iter().find(|r| r.partition == p) {
                         recs[who] = Some(r);
-                        at.get_or_insert(shmq::os::now_ns());
+                        at.get_or_insert(shmq::protocol::os::now_ns());
                     }
                 }
             }
@@ -480,12 +480,12 @@ fn a_grower_that_died_mid_growth_is_replaced() {
         // the growth of partition 1 and died after creating its region's
         // file, before initialising it.
         let dead: u32 = 0x0bad_cafe;
-        assert!(shmq::token::probe(&ns, dead).is_dead());
-        let claim = shmq::growth::pack(1, dead);
-        let meta = shmq::name::meta_region(&ns, "half");
-        let grow_at = std::mem::offset_of!(shmq::layout::MetaHeader, grow) as u64;
+        assert!(shmq::protocol::token::probe(&ns, dead).is_dead());
+        let claim = shmq::protocol::growth::pack(1, dead);
+        let meta = shmq::protocol::name::meta_region(&ns, "half");
+        let grow_at = std::mem::offset_of!(shmq::protocol::layout::MetaHeader, grow) as u64;
         scribble(&meta, grow_at, &claim.to_le_bytes());
-        let half = shmq::name::partition_region(&ns, "half", 1);
+        let half = shmq::protocol::name::partition_region(&ns, "half", 1);
         std::fs::write(common::shm_path(&half), [0xA5u8; 100]).unwrap();
         assert_eq!(topic.partitions(), 1, "not published");
 
@@ -574,8 +574,8 @@ fn a_scribbled_partition_count_never_replaces_a_live_partition() {
         let mut first = Producer::new(&topic).unwrap();
         first.send_to(1, None, b"kept").unwrap();
         // A buggy peer writes 0 into the published count.
-        let meta = shmq::name::meta_region(&ns, "s");
-        let at = std::mem::offset_of!(shmq::layout::MetaHeader, partition_count) as u64;
+        let meta = shmq::protocol::name::meta_region(&ns, "s");
+        let at = std::mem::offset_of!(shmq::protocol::layout::MetaHeader, partition_count) as u64;
         scribble(&meta, at, &0u32.to_le_bytes());
         // Readers still see both partitions, and a producer that needs one
         // is refused instead of re-creating partition 0 or 1 over live data.

@@ -11,7 +11,7 @@ use common::{
     check_payload, child_role, line_from_parent, payload, send_line, shm_files, spawn_child,
     tell_parent, wait_success, ChildLines, ShmGuard,
 };
-use shmq::reclaim::{self, ReapAction, ReapOptions};
+use shmq::protocol::reclaim::{self, ReapAction, ReapOptions};
 use shmq::{
     Consumer, Error, Partitions, Producer, RenewalPolicy, SeekPolicy, TopicConfig, TopicManager,
 };
@@ -255,9 +255,9 @@ fn reclaim_racing_renewal_never_removes_a_renewed_region() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while lost.len() < rounds as usize {
         assert!(Instant::now() < deadline, "race test did not finish");
-        let before = shmq::os::now_ns();
+        let before = shmq::protocol::os::now_ns();
         let actions = reap_now(&ns);
-        let after = shmq::os::now_ns();
+        let after = shmq::protocol::os::now_ns();
         for a in actions {
             if let ReapAction::ReclaimedTopic { topic, .. } = a {
                 reclaimed_at.insert(topic, (before, after));

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shmq::name;
-use shmq::reclaim::{self, ReapAction, ReapOptions};
-use shmq::token::{self, Liveness};
+use shmq::protocol::name;
+use shmq::protocol::reclaim::{self, ReapAction, ReapOptions};
+use shmq::protocol::token::{self, Liveness};
 use shmq::{Partitions, Producer, TopicConfig, TopicManager};
 
 /// Kills the child if the test panics before it does.

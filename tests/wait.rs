@@ -8,7 +8,7 @@
 //!
 //! # How "no syscall" is proven
 //!
-//! The child installs a seccomp filter (`shmq::os::forbid_syscalls`) after
+//! The child installs a seccomp filter (`shmq::protocol::os::forbid_syscalls`) after
 //! setting everything up: from then on any system call other than `write`,
 //! `exit` and `rt_sigreturn` kills the process with `SIGSYS`. It then runs
 //! `send`, `send_batch` and `loan`/`commit` many times and reports with a raw
@@ -30,9 +30,9 @@ use common::{
     child_role, line_from_parent, send_line, spawn_child, tell_parent, wait_exit, ChildLines,
     ShmGuard, CHILD_DEADLINE, TAG,
 };
-use shmq::layout::KIND_PARTITION;
-use shmq::name;
-use shmq::region::Region;
+use shmq::protocol::layout::KIND_PARTITION;
+use shmq::protocol::name;
+use shmq::protocol::region::Region;
 use shmq::{
     Consumer, Error, Producer, RecordBuf, SeekPolicy, TopicConfig, TopicManager, WaitStrategy,
 };
@@ -139,7 +139,7 @@ fn child_process() {
             let before = shmq::wake_stats();
             // Allocated now: a `malloc` under the filter could need `brk`.
             let mut msg = String::with_capacity(256);
-            shmq::os::forbid_syscalls().unwrap();
+            shmq::protocol::os::forbid_syscalls().unwrap();
             let mut sent = 0u64;
             for i in 0..STRICT_SENDS {
                 p.send(&i.to_le_bytes()).unwrap();
@@ -153,7 +153,7 @@ fn child_process() {
             use std::fmt::Write as _;
             writeln!(msg, "{TAG}strict-sent {sent} wake-calls {calls}").unwrap();
             // `write` is one of the three calls the filter allows.
-            shmq::os::write_fd(1, msg.as_bytes()).unwrap();
+            shmq::protocol::os::write_fd(1, msg.as_bytes()).unwrap();
             // Whatever the harness does next is a syscall: SIGSYS.
             std::mem::forget((p, topic, mgr));
         }
@@ -171,9 +171,12 @@ fn a_parked_consumer_is_woken_by_the_next_publish_of_another_process() {
     let part = Region::attach(&name::partition_region(&ns, "t", 0), KIND_PARTITION)
         .unwrap()
         .unwrap();
-    let meta = Region::attach(&name::meta_region(&ns, "t"), shmq::layout::KIND_META)
-        .unwrap()
-        .unwrap();
+    let meta = Region::attach(
+        &name::meta_region(&ns, "t"),
+        shmq::protocol::layout::KIND_META,
+    )
+    .unwrap()
+    .unwrap();
     let (mut kid, lines) = spawn("parked", &ns);
     lines.expect("ready");
 
@@ -181,7 +184,7 @@ fn a_parked_consumer_is_woken_by_the_next_publish_of_another_process() {
     // mapping as in ours; what we compare is its address in the child, which
     // /proc shows. Both mappings are of the same object, so find the child's
     // by its offset from the mapping base listed in /proc/<pid>/maps.
-    let notify_off = std::mem::offset_of!(shmq::layout::MetaHeader, notify);
+    let notify_off = std::mem::offset_of!(shmq::protocol::layout::MetaHeader, notify);
     let meta_base = |pid: u32| -> Option<usize> {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
         let path = format!("/dev/shm/{}", name::meta_region(&ns, "t"));

@@ -23,8 +23,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use shmq::layout::{self, KIND_META, KIND_PARTITION, LAYOUT_VERSION, MAGIC};
-use shmq::region::Region;
+use shmq::protocol::layout::{self, KIND_META, KIND_PARTITION, LAYOUT_VERSION, MAGIC};
+use shmq::protocol::region::Region;
 use shmq::{
     CompetingConsumer, Consumer, DeadLetter, GroupConsumer, GroupOptions, MemOffsetStore, Overflow,
     Producer, RecordBuf, RenewalPolicy, SeekPolicy, Topic, TopicConfig, TopicManager,
@@ -54,10 +54,10 @@ fn shm_path(name: &str) -> String {
 pub fn cleanup() {
     let _one = serial();
     for prefix in [
-        shmq::name::namespace_prefix(&ns()),
-        shmq::name::namespace_prefix(&format!("fzs{}", std::process::id())),
+        shmq::protocol::name::namespace_prefix(&ns()),
+        shmq::protocol::name::namespace_prefix(&format!("fzs{}", std::process::id())),
     ] {
-        for f in shmq::os::list_shm(&prefix).unwrap_or_default() {
+        for f in shmq::protocol::os::list_shm(&prefix).unwrap_or_default() {
             let _ = std::fs::remove_file(shm_path(&f));
         }
     }
@@ -112,9 +112,9 @@ pub fn region(data: &[u8]) {
         bytes[12..16].copy_from_slice(&kind.to_le_bytes());
     }
     let name = if meta {
-        shmq::name::meta_region(&ns(), "r")
+        shmq::protocol::name::meta_region(&ns(), "r")
     } else {
-        shmq::name::partition_region(&ns(), "r", 0)
+        shmq::protocol::name::partition_region(&ns(), "r", 0)
     };
     if std::fs::write(shm_path(&name), &bytes).is_err() {
         return;
@@ -130,20 +130,20 @@ pub fn region(data: &[u8]) {
                     for m in v.members {
                         let id = m.id.load(std::sync::atomic::Ordering::Relaxed);
                         let _ = (
-                            shmq::group_protocol::token_of(id),
-                            shmq::group_protocol::generation_of(id),
+                            shmq::protocol::group_protocol::token_of(id),
+                            shmq::protocol::group_protocol::generation_of(id),
                         );
                     }
                     for p in v.partitions {
                         let w = p.owner.load(std::sync::atomic::Ordering::Relaxed);
-                        let _ = shmq::group_protocol::decode_owner(w);
-                        let _ = shmq::group_protocol::committed_floor(p);
+                        let _ = shmq::protocol::group_protocol::decode_owner(w);
+                        let _ = shmq::protocol::group_protocol::committed_floor(p);
                     }
                 }
             }
         } else if let Ok(geo) = r.partition_geometry() {
-            let _ = shmq::ring::latest(r.partition_header());
-            let _ = shmq::ring::earliest(r.partition_header(), geo);
+            let _ = shmq::protocol::ring::latest(r.partition_header());
+            let _ = shmq::protocol::ring::earliest(r.partition_header(), geo);
         }
     }
     let _ = std::fs::remove_file(shm_path(&name));
@@ -191,10 +191,10 @@ fn snapshot(overflow: Overflow) -> Option<Image> {
         let _ = producer.send_to(1, Some(b"key"), b"keyed value");
         let _ = group.poll(2);
         let _ = group.commit();
-        let mut files = vec![std::fs::read(shm_path(&shmq::name::meta_region(&sns, TOPIC))).ok()?];
+        let mut files = vec![std::fs::read(shm_path(&shmq::protocol::name::meta_region(&sns, TOPIC))).ok()?];
         for p in 0..2 {
             files
-                .push(std::fs::read(shm_path(&shmq::name::partition_region(&sns, TOPIC, p))).ok()?);
+                .push(std::fs::read(shm_path(&shmq::protocol::name::partition_region(&sns, TOPIC, p))).ok()?);
         }
         drop(producer);
         drop(group);
@@ -277,8 +277,8 @@ pub fn topic(data: &[u8]) {
         set_word(file, at, new);
     }
     let ns = ns();
-    let mut names = vec![shmq::name::meta_region(&ns, TOPIC)];
-    names.extend((0..2).map(|p| shmq::name::partition_region(&ns, TOPIC, p)));
+    let mut names = vec![shmq::protocol::name::meta_region(&ns, TOPIC)];
+    names.extend((0..2).map(|p| shmq::protocol::name::partition_region(&ns, TOPIC, p)));
     for (i, (name, bytes)) in names.iter().zip(files.iter_mut()).enumerate() {
         not_half_made(
             bytes,

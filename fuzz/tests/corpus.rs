@@ -120,11 +120,11 @@ fn write_seed_corpus() {
         p.extend_from_slice(&v.to_le_bytes());
         p
     };
-    let cursor = (std::mem::offset_of!(shmq::layout::PartitionHeader, cursor) / 8) as u16;
-    let writer = (std::mem::offset_of!(shmq::layout::PartitionHeader, writer) / 8) as u16;
-    let slot0 = (shmq::layout::PARTITION_HEADER / 8) as u16;
-    let group0 = (shmq::layout::META_HEADER / 8) as u16;
-    let committed0 = group0 + ((shmq::layout::LINE * 33) / 8) as u16;
+    let cursor = (std::mem::offset_of!(shmq::protocol::layout::PartitionHeader, cursor) / 8) as u16;
+    let writer = (std::mem::offset_of!(shmq::protocol::layout::PartitionHeader, writer) / 8) as u16;
+    let slot0 = (shmq::protocol::layout::PARTITION_HEADER / 8) as u16;
+    let group0 = (shmq::protocol::layout::META_HEADER / 8) as u16;
+    let committed0 = group0 + ((shmq::protocol::layout::LINE * 33) / 8) as u16;
     put("topic", "ow", &[0]);
     put("topic", "bp", &[1]);
     put("topic", "bp-reads-only", &[7]);

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
 use std::time::Instant;
 
 use loom::sync::atomic::{AtomicU64, Ordering};
-use shmq::layout::{Geometry, PartitionHeader, OVERFLOW_OVERWRITE};
-use shmq::ring::{RecordBuf, SlotMemory};
+use shmq::protocol::layout::{Geometry, PartitionHeader, OVERFLOW_OVERWRITE};
+use shmq::protocol::ring::{RecordBuf, SlotMemory};
 
 /// Body words per slot. With the timestamp a record is two independent
 /// `Relaxed` atomics: enough to see a torn copy (the writers put the same

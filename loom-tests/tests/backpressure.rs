@@ -9,9 +9,9 @@ use loom::sync::atomic::Ordering;
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::{check, decode, record, Ring, VIOLATION};
-use shmq::group_protocol as proto;
-use shmq::layout::GroupPartition;
-use shmq::ring::{self, ReadOutcome, RecordBuf, Writer};
+use shmq::protocol::group_protocol as proto;
+use shmq::protocol::layout::GroupPartition;
+use shmq::protocol::ring::{self, ReadOutcome, RecordBuf, Writer};
 
 const SLOTS: u64 = 2;
 /// Enough records to wrap the ring (offset 2 reuses offset 0's slot).

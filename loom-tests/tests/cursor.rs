@@ -6,7 +6,7 @@
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::{check, decode, record, Ring, VIOLATION};
-use shmq::ring::{self, ReadOutcome, RecordBuf, Writer};
+use shmq::protocol::ring::{self, ReadOutcome, RecordBuf, Writer};
 
 fn value(offset: u64) -> u64 {
     200 + offset

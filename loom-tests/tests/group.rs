@@ -1,4 +1,4 @@
-//! Consumer-group protocols under loom (`shmq::group_protocol`): two
+//! Consumer-group protocols under loom (`shmq::protocol::group_protocol`): two
 //! claimers reclaiming a dead member's partitions, the handover of a leaving
 //! member's partition (its commit must be visible to the next owner), and
 //! competing consumers sharing one partition's cursor (each offset to
@@ -13,8 +13,8 @@ use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::{check, VIOLATION};
-use shmq::group_protocol::{self as proto, Me};
-use shmq::layout::{GroupPartition, MemberEntry};
+use shmq::protocol::group_protocol::{self as proto, Me};
+use shmq::protocol::layout::{GroupPartition, MemberEntry};
 
 /// "Now" in the models, and the stale threshold.
 const NOW: u64 = 1_000;
@@ -292,7 +292,7 @@ fn group_dead_competing_batch_is_adopted_once() {
 /// then): exactly one of the three ends up owning the entry, the entry is
 /// READY with that one's generation, and its name is the winner's.
 fn recover_init_model() {
-    use shmq::layout::group_state;
+    use shmq::protocol::layout::group_state;
     let state = Arc::new(loom::sync::atomic::AtomicU64::new(0));
     let name = Arc::new(loom::sync::atomic::AtomicU64::new(0));
     let dead_init = proto::entry_word(group_state::INIT, 1, DEAD);
@@ -356,7 +356,7 @@ fn group_dead_creator_entry_is_recovered_once() {
 /// group word, back out if it changed. Never may the group end FREE while
 /// the joiner believes it is a member ("free vs join").
 fn free_vs_join_model() {
-    use shmq::layout::group_state;
+    use shmq::protocol::layout::group_state;
     let g = Arc::new(Group::new(1, 1));
     let state = Arc::new(loom::sync::atomic::AtomicU64::new(0));
     let ready = proto::entry_word(group_state::READY, 1, 0);

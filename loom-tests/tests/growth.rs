@@ -1,4 +1,4 @@
-//! Topic growth under loom (`shmq::growth`, the protocol behind a producer
+//! Topic growth under loom (`shmq::protocol::growth`, the protocol behind a producer
 //! that finds no free partition and adds one).
 //!
 //! The meta region's `partition_count` and `grow` words are the real
@@ -34,8 +34,8 @@ use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::{check, expect_violation, VIOLATION};
-use shmq::growth::{self, Begin};
-use shmq::writer_lease::{self, pack, unpack};
+use shmq::protocol::growth::{self, Begin};
+use shmq::protocol::writer_lease::{self, pack, unpack};
 
 const MAGIC: u64 = 0x5348_4d51;
 const GEO: u64 = 64;

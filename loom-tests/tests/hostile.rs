@@ -1,7 +1,7 @@
 //! The ring's hostile-peer repairs under loom (issue 11, defect 6).
 //!
 //! Readers here follow a partition exactly as the consumers do
-//! (`shmq::ring::CursorCache`: the validated cursor cache, wild-cursor
+//! (`shmq::protocol::ring::CursorCache`: the validated cursor cache, wild-cursor
 //! counting, and the stuck-slot bound), with a model clock that advances
 //! [`STUCK_NS`] per `NotYet`, so only the *count* bound and the protocol
 //! itself stand between a reader and a wrong skip.
@@ -26,7 +26,7 @@ use loom::sync::atomic::Ordering;
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::{check, decode, record, Ring, VIOLATION};
-use shmq::ring::{self, CursorCache, ReadOutcome, RecordBuf, SlotMemory, Writer, STUCK_NS};
+use shmq::protocol::ring::{self, CursorCache, ReadOutcome, RecordBuf, SlotMemory, Writer, STUCK_NS};
 
 fn value(offset: u64) -> u64 {
     300 + offset

@@ -8,9 +8,9 @@
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::{check, Ring, T0, TTL, VIOLATION};
-use shmq::layout::{Lease, RECLAIMED};
-use shmq::lease::{self, LeaseExpired, Reclaim};
-use shmq::ring::{WriteError, Writer};
+use shmq::protocol::layout::{Lease, RECLAIMED};
+use shmq::protocol::lease::{self, LeaseExpired, Reclaim};
+use shmq::protocol::ring::{WriteError, Writer};
 
 /// Well past the lease's expiry (`T0 + TTL`).
 const LATE: u64 = T0 + 3 * TTL;

@@ -19,7 +19,7 @@ use loom::sync::atomic::{AtomicU32, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 use loom_tests::{check, decode, record, Ring, VIOLATION};
-use shmq::ring::{self, ReadOutcome, RecordBuf, Writer};
+use shmq::protocol::ring::{self, ReadOutcome, RecordBuf, Writer};
 
 fn value(offset: u64) -> u64 {
     300 + offset

@@ -10,7 +10,7 @@
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::{check, decode, record, Ring, VIOLATION};
-use shmq::ring::{self, ReadOutcome, RecordBuf, Writer};
+use shmq::protocol::ring::{self, ReadOutcome, RecordBuf, Writer};
 
 /// The value the writer publishes at `offset`: distinct per offset and never
 /// 0, so neither an unwritten slot nor another offset's record passes for it.

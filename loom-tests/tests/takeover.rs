@@ -24,8 +24,8 @@ use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::{check, decode, record, Ring, VIOLATION};
-use shmq::ring::{self, ReadOutcome, RecordBuf, SlotMemory, WriteError, Writer};
-use shmq::writer_lease::{self, unpack, Claimed};
+use shmq::protocol::ring::{self, ReadOutcome, RecordBuf, SlotMemory, WriteError, Writer};
+use shmq::protocol::writer_lease::{self, unpack, Claimed};
 
 const OLD: u32 = 1;
 const NEW: u32 = 2;

@@ -111,7 +111,7 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// `CLOCK_MONOTONIC` in nanoseconds. Unlike `std::time::Instant`, its values
 /// are comparable between processes on one host (same clock, same origin).
 pub fn mono_ns() -> u64 {
-    shmq::os::monotonic_ns()
+    shmq::protocol::os::monotonic_ns()
 }
 
 /// The current Unix time in nanoseconds (`CLOCK_REALTIME`).

@@ -95,8 +95,10 @@ impl Drop for Ns {
         // file behind, exactly like a crash; remove those as the supervisor
         // would. Anything else left is a bug.
         for f in self.files() {
-            if let Some(shmq::name::RegionName::Token { id }) = shmq::name::parse(&self.0, &f) {
-                if shmq::token::probe(&self.0, id).is_dead() {
+            if let Some(shmq::protocol::name::RegionName::Token { id }) =
+                shmq::protocol::name::parse(&self.0, &f)
+            {
+                if shmq::protocol::token::probe(&self.0, id).is_dead() {
                     let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
                 }
             }

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use shmq::name::{self, RegionName};
-use shmq::token::{self, Liveness};
+use shmq::protocol::name::{self, RegionName};
+use shmq::protocol::token::{self, Liveness};
 use shmq::TopicManager;
 
 /// Name of the test fn in every test binary that runs child roles.

@@ -79,10 +79,10 @@ pub struct CreateArgs {
     #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_duration)]
     pub group_retention: Duration,
     /// Capacity of the consumer-group table (1..=1024).
-    #[arg(long, value_name = "N", default_value_t = shmq::layout::GROUP_CAPACITY)]
+    #[arg(long, value_name = "N", default_value_t = shmq::protocol::layout::GROUP_CAPACITY)]
     pub max_groups: u32,
     /// Members per consumer group (1..=1024).
-    #[arg(long, value_name = "N", default_value_t = shmq::layout::MEMBER_CAPACITY)]
+    #[arg(long, value_name = "N", default_value_t = shmq::protocol::layout::MEMBER_CAPACITY)]
     pub max_members: u32,
     /// How many partitions the topic may grow to when producers find none
     /// free (up to 256; at least --partitions).
@@ -113,7 +113,8 @@ pub fn run(ns: &str, args: CreateArgs) -> CliResult {
     };
     let topic = mgr.create(&args.topic, config.clone())?;
     let bytes_per_partition =
-        shmq::layout::partition_region_len(config.slots, config.slot_size).unwrap_or(0) as u64;
+        shmq::protocol::layout::partition_region_len(config.slots, config.slot_size).unwrap_or(0)
+            as u64;
     let total = bytes_per_partition.saturating_mul(u64::from(config.partitions));
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
-use shmq::name::RegionName;
+use shmq::protocol::name::RegionName;
 use shmq::{
     Consumer, Error, Overflow, Producer, RecordBuf, Topic, TopicConfig, TopicManager, WaitStrategy,
 };
@@ -548,21 +548,21 @@ impl Cleanup {
         if !self.private {
             // Someone else's namespace: only the demo topic is ours (dead
             // tokens there are the supervisor's business).
-            let prefix = shmq::name::topic_prefix(&self.ns, TOPIC);
-            return shmq::os::list_shm(&prefix).unwrap_or_default();
+            let prefix = shmq::protocol::name::topic_prefix(&self.ns, TOPIC);
+            return shmq::protocol::os::list_shm(&prefix).unwrap_or_default();
         }
-        let prefix = shmq::name::namespace_prefix(&self.ns);
-        let files = shmq::os::list_shm(&prefix).unwrap_or_default();
+        let prefix = shmq::protocol::name::namespace_prefix(&self.ns);
+        let files = shmq::protocol::os::list_shm(&prefix).unwrap_or_default();
         for f in &files {
             // A child killed before it could drop its manager leaves its
             // liveness token file behind (unlocked); remove those.
-            if let Some(RegionName::Token { id }) = shmq::name::parse(&self.ns, f) {
-                if shmq::token::probe(&self.ns, id).is_dead() {
-                    let _ = shmq::os::shm_remove(f);
+            if let Some(RegionName::Token { id }) = shmq::protocol::name::parse(&self.ns, f) {
+                if shmq::protocol::token::probe(&self.ns, id).is_dead() {
+                    let _ = shmq::protocol::os::shm_remove(f);
                 }
             }
         }
-        shmq::os::list_shm(&prefix).unwrap_or_default()
+        shmq::protocol::os::list_shm(&prefix).unwrap_or_default()
     }
 }
 

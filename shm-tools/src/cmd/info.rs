@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::{json, Value};
-use shmq::layout::RECLAIMED;
+use shmq::protocol::layout::RECLAIMED;
 use shmq::{RenewalPolicy, Topic, TopicManager, TopicStats, WriterInfo};
 
 use crate::cli::Format;
@@ -164,7 +164,7 @@ pub fn run(ns: &str, args: InfoArgs) -> CliResult {
     // Short-lived: no renewal thread (attaching still renews once; see the
     // module docs).
     let mgr = TopicManager::with_namespace(ns)?.with_renewal(RenewalPolicy::Manual);
-    shmq::name::validate_topic(&args.topic)?;
+    shmq::protocol::name::validate_topic(&args.topic)?;
     let topic = mgr.open(&args.topic)?;
     let stats = topic.stats()?;
     let mut out = std::io::stdout().lock();

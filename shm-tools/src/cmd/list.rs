@@ -19,7 +19,7 @@ use std::io::Write;
 
 use clap::Args;
 use serde_json::{json, Value};
-use shmq::layout::RECLAIMED;
+use shmq::protocol::layout::RECLAIMED;
 use shmq::{Error, RenewalPolicy, TopicManager};
 
 use crate::cli::Format;

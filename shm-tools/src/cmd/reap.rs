@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
-use shmq::reclaim::{self, ReapAction, ReapOptions, ReapReport};
+use shmq::protocol::reclaim::{self, ReapAction, ReapOptions, ReapReport};
 
 use crate::cli::Format;
 use crate::error::CliResult;

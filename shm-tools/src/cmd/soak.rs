@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use shmq::name::RegionName;
+use shmq::protocol::name::RegionName;
 use shmq::{
     Error, GroupConsumer, GroupOptions, MemOffsetStore, Overflow, Partitions, Producer, SeekPolicy,
     Topic, TopicConfig, TopicManager,
@@ -1112,15 +1112,15 @@ impl Soak {
         }
         self.topics.clear();
         self.mgr = None;
-        let prefix = shmq::name::namespace_prefix(&self.ns);
-        for f in shmq::os::list_shm(&prefix).unwrap_or_default() {
-            if let Some(RegionName::Token { id }) = shmq::name::parse(&self.ns, &f) {
-                if shmq::token::probe(&self.ns, id).is_dead() {
-                    let _ = shmq::os::shm_remove(&f);
+        let prefix = shmq::protocol::name::namespace_prefix(&self.ns);
+        for f in shmq::protocol::os::list_shm(&prefix).unwrap_or_default() {
+            if let Some(RegionName::Token { id }) = shmq::protocol::name::parse(&self.ns, &f) {
+                if shmq::protocol::token::probe(&self.ns, id).is_dead() {
+                    let _ = shmq::protocol::os::shm_remove(&f);
                 }
             }
         }
-        shmq::os::list_shm(&prefix).unwrap_or_default()
+        shmq::protocol::os::list_shm(&prefix).unwrap_or_default()
     }
 }
 
@@ -1586,7 +1586,7 @@ mod scribble {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Duration;
 
-    use shmq::layout::{self, GroupPartition, MemberEntry, PartitionHeader};
+    use shmq::protocol::layout::{self, GroupPartition, MemberEntry, PartitionHeader};
 
     use super::Rng;
 

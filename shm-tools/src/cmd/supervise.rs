@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use shmq::reclaim::ReapOptions;
+use shmq::protocol::reclaim::ReapOptions;
 
 use crate::cli::Format;
 use crate::error::{CliError, CliResult};

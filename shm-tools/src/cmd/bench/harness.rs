@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shmq::os::{self, Mapping};
+use shmq::protocol::os::{self, Mapping};
 
 use crate::error::{CliError, CliResult};
 

@@ -177,9 +177,9 @@ fn cleanup(ns: &str) {
         }
     }
     let prefix = format!("shmq.{ns}.");
-    if let Ok(names) = shmq::os::list_shm(&prefix) {
+    if let Ok(names) = shmq::protocol::os::list_shm(&prefix) {
         for n in names {
-            let _ = shmq::os::shm_remove(&n);
+            let _ = shmq::protocol::os::shm_remove(&n);
         }
     }
 }
@@ -187,7 +187,7 @@ fn cleanup(ns: &str) {
 fn run_child(ns: &str, role: &str, args: BenchArgs) -> CliResult {
     if let Some(cpu) = args.child_cpu {
         // Best effort: an unpinned child still measures correctly.
-        let _ = shmq::os::pin_to_cpu(cpu);
+        let _ = shmq::protocol::os::pin_to_cpu(cpu);
     }
     let c = ChildArgs {
         count: args.count,

@@ -354,7 +354,7 @@ pub fn nosys(ns: &str, args: &ChildArgs) -> CliResult {
     let msg = [7u8; 64];
     p.send(&msg)?;
     let mut line = String::with_capacity(128);
-    shmq::os::forbid_syscalls().map_err(|e| CliError::failed(e.to_string()))?;
+    shmq::protocol::os::forbid_syscalls().map_err(|e| CliError::failed(e.to_string()))?;
     let mut sent = 0u64;
     for _ in 0..args.count {
         if p.send(&msg).is_ok() {
@@ -363,7 +363,7 @@ pub fn nosys(ns: &str, args: &ChildArgs) -> CliResult {
     }
     use std::fmt::Write as _;
     let _ = writeln!(line, "result sent={sent}");
-    let _ = shmq::os::write_fd(1, line.as_bytes());
+    let _ = shmq::protocol::os::write_fd(1, line.as_bytes());
     // Anything after this is a system call and ends the process (SIGSYS).
     std::mem::forget((p, t, mgr));
     Ok(())
