@@ -194,6 +194,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn plural(n: u64, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
+    } else if noun.ends_with('s') || noun.ends_with('x') || noun.ends_with("ch") {
+        format!("{n} {noun}es")
     } else {
         format!("{n} {noun}s")
     }
@@ -227,6 +229,13 @@ mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("10x").unwrap_err().contains("unit"));
         assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn plurals_read_well() {
+        assert_eq!(plural(1, "live process"), "1 live process");
+        assert_eq!(plural(0, "live process"), "0 live processes");
+        assert_eq!(plural(2, "partition"), "2 partitions");
     }
 
     #[test]
