@@ -2,7 +2,7 @@
 //! killed with `SIGKILL` at random points and restarted, for a set duration;
 //! every delivered record is verified and every offset accounted for.
 //!
-//! The parent creates, in a private namespace (`soak<pid>`), one topic per
+//! The parent creates, in a fresh namespace (`<namespace>-soak<pid>`), one topic per
 //! overflow policy (`bp`: backpressure, `ow`: overwrite), each with one
 //! partition per producer. It re-runs this binary in hidden roles:
 //!
@@ -113,7 +113,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
 /// Arguments of `shmq soak`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Runs in a private namespace (soak<pid>) and removes everything it created.
+Runs in a fresh namespace <namespace>-soak<pid> (default-soak<pid> unless
+--namespace or SHMQ_NAMESPACE says otherwise) and removes everything in it.
 Exits 1 if any record was delivered corrupt, lost without being reported as
 lag, duplicated other than by an at-least-once redelivery, if a process
 crashed, or if a topic stopped making progress.
@@ -1166,7 +1167,14 @@ pub fn run(ns: &str, args: SoakArgs) -> CliResult {
             args.slots
         )));
     }
-    let ns = format!("soak{}", std::process::id());
+    // A fresh namespace of its own, under the one asked for, so that
+    // cleaning up afterwards touches nothing else.
+    let ns = format!("{ns}-soak{}", std::process::id());
+    shmq::name::validate_namespace(&ns).map_err(|e| {
+        CliError::usage(format!(
+            "{e} (the soak runs in namespace <namespace>-soak<pid>; use a shorter --namespace)"
+        ))
+    })?;
     let seed = args.seed.unwrap_or_else(|| crate::util::unix_ns() | 1);
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
