@@ -11,6 +11,7 @@
 #
 #   bash .ci/fuzz.sh                 # every target, 20 s each
 #   FUZZ_SECS=600 bash .ci/fuzz.sh topic
+#   FUZZ_SEED=1 bash .ci/fuzz.sh     # repeatable exploration (CI)
 #
 # Each target starts from its seed corpus (fuzz/corpus/<target>, left
 # untouched; new inputs go to target/fuzz/corpus/<target>). A crash leaves
@@ -20,6 +21,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 secs=${FUZZ_SECS:-20}
+# A fixed seed (CI sets one) makes a run repeat the same exploration.
+seed_arg=()
+[ -n "${FUZZ_SEED:-}" ] && seed_arg=(-seed="$FUZZ_SEED")
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(region topic dlq_envelope)
 
@@ -44,7 +48,7 @@ for t in "${targets[@]}"; do
     log="target/fuzz/$t.log"
     if ! "$bin/$t" \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
-        -print_final_stats=1 -artifact_prefix="target/fuzz/artifacts/$t/" \
+        -print_final_stats=1 -artifact_prefix="target/fuzz/artifacts/$t/" "${seed_arg[@]}" \
         "target/fuzz/corpus/$t" "fuzz/corpus/$t" >"$log" 2>&1; then
         status=1
         echo "fuzz $t FAILED; input saved in target/fuzz/artifacts/$t/:"

@@ -2,7 +2,7 @@
 //! killed with `SIGKILL` at random points and restarted, for a set duration;
 //! every delivered record is verified and every offset accounted for.
 //!
-//! The parent creates, in a private namespace (`soak<pid>`), one topic per
+//! The parent creates, in a fresh namespace (`<namespace>-soak<pid>`), one topic per
 //! overflow policy (`bp`: backpressure, `ow`: overwrite), each with one
 //! partition per producer. It re-runs this binary in hidden roles:
 //!
@@ -113,7 +113,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
 /// Arguments of `shmq soak`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Runs in a private namespace (soak<pid>) and removes everything it created.
+Runs in a fresh namespace <namespace>-soak<pid> (default-soak<pid> unless
+--namespace or SHMQ_NAMESPACE says otherwise) and removes everything in it.
 Exits 1 if any record was delivered corrupt, lost without being reported as
 lag, duplicated other than by an at-least-once redelivery, if a process
 crashed, or if a topic stopped making progress.
@@ -313,7 +314,8 @@ fn run_producer(topic: &Topic, args: &SoakArgs, stop: &AtomicBool) -> CliResult 
             Err(Error::Timeout) | Err(Error::Full { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
-        seq += 1;
+        // Wrapping: a scribbled cursor can make the resumed sequence anything.
+        seq = seq.wrapping_add(1);
         sent += 1;
         if args.rate > 0 {
             let due = Duration::from_secs_f64(sent as f64 / args.rate as f64);
@@ -511,16 +513,17 @@ struct Tally {
 }
 
 impl Tally {
+    /// Saturating: under `--scribble` offsets can be anything.
     fn add(&mut self, o: &Tally) {
-        self.delivered += o.delivered;
-        self.lost += o.lost;
-        self.lagged += o.lagged;
-        self.lost_unreported += o.lost_unreported;
-        self.redelivered += o.redelivered;
-        self.wrong_duplicates += o.wrong_duplicates;
-        self.conflicts += o.conflicts;
-        self.beyond_end += o.beyond_end;
-        self.late += o.late;
+        self.delivered = self.delivered.saturating_add(o.delivered);
+        self.lost = self.lost.saturating_add(o.lost);
+        self.lagged = self.lagged.saturating_add(o.lagged);
+        self.lost_unreported = self.lost_unreported.saturating_add(o.lost_unreported);
+        self.redelivered = self.redelivered.saturating_add(o.redelivered);
+        self.wrong_duplicates = self.wrong_duplicates.saturating_add(o.wrong_duplicates);
+        self.conflicts = self.conflicts.saturating_add(o.conflicts);
+        self.beyond_end = self.beyond_end.saturating_add(o.beyond_end);
+        self.late = self.late.saturating_add(o.late);
     }
 }
 
@@ -736,6 +739,47 @@ struct Proc {
     child: Child,
     stdin: Option<ChildStdin>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Reads the child's stderr; returns its last words (a panic message,
+    /// or the last line).
+    errors: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Proc {
+    /// What the child said last on stderr (waits for it to close).
+    fn last_words(&mut self) -> String {
+        self.errors
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Forward a child's stderr (unless `quiet`) and keep its last words: the
+/// panic message if it panicked, else its last line.
+fn read_stderr(err: std::process::ChildStderr, quiet: bool) -> String {
+    let mut last = String::new();
+    let mut panic = String::new();
+    let mut in_panic = 0;
+    for line in BufReader::new(err).lines() {
+        let Ok(line) = line else { break };
+        if !quiet {
+            eprintln!("{line}");
+        }
+        if line.contains("panicked at") {
+            panic = line.clone();
+            in_panic = 1;
+        } else if in_panic == 1 {
+            panic.push(' ');
+            panic.push_str(&line);
+            in_panic = 2;
+        }
+        last = line;
+    }
+    if panic.is_empty() {
+        last
+    } else {
+        panic
+    }
 }
 
 /// Tiny xorshift generator: the schedule only has to be varied and
@@ -866,15 +910,16 @@ impl Soak {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            // Under the scribbler children fail with typed errors all the
-            // time (fenced, lease expired...); their exit status is enough.
-            .stderr(if self.scribble {
-                Stdio::null()
-            } else {
-                Stdio::inherit()
-            })
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| CliError::failed(format!("cannot start a soak process: {e}")))?;
+        // Under the scribbler children fail with typed errors all the time
+        // (fenced, lease expired...): keep their last words, print nothing.
+        let quiet = self.scribble;
+        let errors = child
+            .stderr
+            .take()
+            .map(|err| std::thread::spawn(move || read_stderr(err, quiet)));
         let stdout = child.stdout.take();
         let collected = self.collected.clone();
         let w = who.clone();
@@ -900,6 +945,7 @@ impl Soak {
             child,
             stdin,
             reader: Some(reader),
+            errors,
         });
         Ok(())
     }
@@ -947,7 +993,7 @@ impl Soak {
             match self.procs[i].child.try_wait()? {
                 Some(st) => {
                     self.child_errors += 1;
-                    let what = describe(&self.procs[i], st);
+                    let what = describe(&mut self.procs[i], st);
                     if !self.scribble || crashed(st) {
                         self.failures.push(what);
                     }
@@ -1147,11 +1193,14 @@ fn crashed(st: ExitStatus) -> bool {
     st.signal().is_some() || st.code() == Some(101)
 }
 
-fn describe(p: &Proc, st: ExitStatus) -> String {
+fn describe(p: &mut Proc, st: ExitStatus) -> String {
+    let words = p.last_words();
     format!(
-        "{} ended on its own ({st}){}",
+        "{} ended on its own ({st}){}{}{}",
         name_of(&p.who, p.instance),
-        if crashed(st) { ": CRASH" } else { "" }
+        if crashed(st) { ": CRASH" } else { "" },
+        if words.is_empty() { "" } else { ": " },
+        words
     )
 }
 
@@ -1166,7 +1215,14 @@ pub fn run(ns: &str, args: SoakArgs) -> CliResult {
             args.slots
         )));
     }
-    let ns = format!("soak{}", std::process::id());
+    // A fresh namespace of its own, under the one asked for, so that
+    // cleaning up afterwards touches nothing else.
+    let ns = format!("{ns}-soak{}", std::process::id());
+    shmq::name::validate_namespace(&ns).map_err(|e| {
+        CliError::usage(format!(
+            "{e} (the soak runs in namespace <namespace>-soak<pid>; use a shorter --namespace)"
+        ))
+    })?;
     let seed = args.seed.unwrap_or_else(|| crate::util::unix_ns() | 1);
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -1384,8 +1440,9 @@ fn drive(
         ));
     }
     for (t, spec) in soak.topics.iter().enumerate() {
-        let written: u64 = ends[t].iter().sum();
-        report.messages += written;
+        // Saturating: a scribbled cursor can say anything.
+        let written = ends[t].iter().fold(0u64, |a, &w| a.saturating_add(w));
+        report.messages = report.messages.saturating_add(written);
         for p in 0..args.producers {
             if let Some(&seq) = collected.producer_end.get(&(t, p)) {
                 if seq != ends[t][p as usize] && !args.scribble {
@@ -1436,22 +1493,24 @@ fn drive(
                     _ => fail("lost without a Lagged report", sum.lost_unreported),
                 }
             }
-            report.delivered += sum.delivered;
+            report.delivered = report.delivered.saturating_add(sum.delivered);
             match spec.overflow {
-                Overflow::Backpressure => report.lost_backpressure += sum.lost,
-                _ => report.lost_overwrite += sum.lost,
+                Overflow::Backpressure => {
+                    report.lost_backpressure = report.lost_backpressure.saturating_add(sum.lost)
+                }
+                _ => report.lost_overwrite = report.lost_overwrite.saturating_add(sum.lost),
             }
             if spec.overflow == Overflow::Overwrite {
-                report.lagged += sum.lagged;
-                report.lost_unreported += sum.lost_unreported;
+                report.lagged = report.lagged.saturating_add(sum.lagged);
+                report.lost_unreported = report.lost_unreported.saturating_add(sum.lost_unreported);
             }
-            report.redelivered += sum.redelivered;
-            report.late += sum.late;
-            report.wrong_duplicates += sum.wrong_duplicates;
-            report.conflicts += sum.conflicts;
-            report.corrupt += corrupt;
-            report.misplaced += misplaced;
-            report.skipped_corrupt += skipped;
+            report.redelivered = report.redelivered.saturating_add(sum.redelivered);
+            report.late = report.late.saturating_add(sum.late);
+            report.wrong_duplicates = report.wrong_duplicates.saturating_add(sum.wrong_duplicates);
+            report.conflicts = report.conflicts.saturating_add(sum.conflicts);
+            report.corrupt = report.corrupt.saturating_add(corrupt);
+            report.misplaced = report.misplaced.saturating_add(misplaced);
+            report.skipped_corrupt = report.skipped_corrupt.saturating_add(skipped);
             report.per_group.push(gr);
         }
     }
