@@ -241,7 +241,9 @@ fn a_group_entry_left_half_made_by_a_dead_creator_is_recovered_at_once() {
         proto::entry_word(group_state::INIT, proto::entry_generation(free) + 1, dead),
         std::sync::atomic::Ordering::Release,
     );
-    let report = shmq::protocol::reclaim::reap(&ns, shmq::protocol::reclaim::ReapOptions::default()).unwrap();
+    let report =
+        shmq::protocol::reclaim::reap(&ns, shmq::protocol::reclaim::ReapOptions::default())
+            .unwrap();
     assert!(
         report.actions.iter().any(|a| matches!(
             a,
@@ -312,7 +314,9 @@ fn two_hundred_short_lived_groups_fit_in_sixteen_entries() {
     println!("{runs} client processes with their own groups in {took:?}; {groups} groups left");
     // After the retention the supervisor frees the rest.
     std::thread::sleep(retention * 2);
-    let report = shmq::protocol::reclaim::reap(&ns, shmq::protocol::reclaim::ReapOptions::default()).unwrap();
+    let report =
+        shmq::protocol::reclaim::reap(&ns, shmq::protocol::reclaim::ReapOptions::default())
+            .unwrap();
     let freed = report
         .actions
         .iter()

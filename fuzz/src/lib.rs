@@ -191,10 +191,15 @@ fn snapshot(overflow: Overflow) -> Option<Image> {
         let _ = producer.send_to(1, Some(b"key"), b"keyed value");
         let _ = group.poll(2);
         let _ = group.commit();
-        let mut files = vec![std::fs::read(shm_path(&shmq::protocol::name::meta_region(&sns, TOPIC))).ok()?];
+        let mut files =
+            vec![std::fs::read(shm_path(&shmq::protocol::name::meta_region(&sns, TOPIC))).ok()?];
         for p in 0..2 {
-            files
-                .push(std::fs::read(shm_path(&shmq::protocol::name::partition_region(&sns, TOPIC, p))).ok()?);
+            files.push(
+                std::fs::read(shm_path(&shmq::protocol::name::partition_region(
+                    &sns, TOPIC, p,
+                )))
+                .ok()?,
+            );
         }
         drop(producer);
         drop(group);

@@ -26,7 +26,9 @@ use loom::sync::atomic::Ordering;
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::{check, decode, record, Ring, VIOLATION};
-use shmq::protocol::ring::{self, CursorCache, ReadOutcome, RecordBuf, SlotMemory, Writer, STUCK_NS};
+use shmq::protocol::ring::{
+    self, CursorCache, ReadOutcome, RecordBuf, SlotMemory, Writer, STUCK_NS,
+};
 
 fn value(offset: u64) -> u64 {
     300 + offset

@@ -87,7 +87,9 @@ impl Drop for Ns {
     fn drop(&mut self) {
         let _ = self.cmd(&["delete", "t"]).output();
         for f in self.files() {
-            if let Some(shmq::protocol::name::RegionName::Token { id }) = shmq::protocol::name::parse(&self.0, &f) {
+            if let Some(shmq::protocol::name::RegionName::Token { id }) =
+                shmq::protocol::name::parse(&self.0, &f)
+            {
                 if shmq::protocol::token::probe(&self.0, id).is_dead() {
                     let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
                 }

@@ -1218,7 +1218,7 @@ pub fn run(ns: &str, args: SoakArgs) -> CliResult {
     // A fresh namespace of its own, under the one asked for, so that
     // cleaning up afterwards touches nothing else.
     let ns = format!("{ns}-soak{}", std::process::id());
-    shmq::name::validate_namespace(&ns).map_err(|e| {
+    shmq::protocol::name::validate_namespace(&ns).map_err(|e| {
         CliError::usage(format!(
             "{e} (the soak runs in namespace <namespace>-soak<pid>; use a shorter --namespace)"
         ))
