@@ -173,27 +173,3 @@ fn write_seed_corpus() {
         }
     }
 }
-
-/// Inputs the fuzzer found that crash the library, kept (outside the seed
-/// corpus, so they do not fail the suite meanwhile) until the fix lands;
-/// then the test loses its `#[ignore]` and the inputs join the corpus.
-/// `topic-consumer-missed-overflow`: a partition cursor moved to 2^64 - 42
-/// plus two scribbled words make `Consumer::poll`'s `missed += ..`
-/// overflow (issue 11, defect 3c).
-#[test]
-#[ignore = "replays crashes found by fuzzing whose fixes are pending"]
-fn found_crashes_are_fixed() {
-    let _c = Cleanup;
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("found");
-    for entry in std::fs::read_dir(&dir).expect("fuzz/found") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let input = std::fs::read(&path).expect("read input");
-        let harness = TARGETS
-            .iter()
-            .find(|(t, _)| name.starts_with(&format!("{t}-")))
-            .map(|&(_, h)| h)
-            .unwrap_or_else(|| panic!("{name}: no target prefix"));
-        harness(&input);
-    }
-}
