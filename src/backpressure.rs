@@ -64,7 +64,8 @@ fn holding_groups(inner: &TopicInner, now_ns: u64) -> impl Iterator<Item = u32> 
 /// The first offset partition `p` may not write yet, given the holding
 /// groups, capped at one ring beyond `next`.
 fn limit_for(inner: &TopicInner, p: u32, groups: impl Iterator<Item = u32>, next: u64) -> u64 {
-    let floors = groups.map(|g| proto::committed_floor(&inner.group(g).partitions[p as usize]));
+    let floors =
+        groups.filter_map(|g| proto::committed_floor(&inner.group(g).partitions[p as usize]));
     proto::write_limit(floors, inner.config.slots).min(next.saturating_add(inner.config.slots))
 }
 
@@ -74,11 +75,8 @@ fn limit_for(inner: &TopicInner, p: u32, groups: impl Iterator<Item = u32>, next
 fn full_error(inner: &TopicInner, p: u32, next: u64) -> Error {
     let now = os::now_ns();
     let slowest = holding_groups(inner, now)
-        .map(|g| {
-            (
-                g,
-                proto::committed_floor(&inner.group(g).partitions[p as usize]),
-            )
+        .filter_map(|g| {
+            proto::committed_floor(&inner.group(g).partitions[p as usize]).map(|floor| (g, floor))
         })
         .min_by_key(|&(_, floor)| floor);
     let Some((g, floor)) = slowest else {

@@ -244,12 +244,49 @@ impl Membership {
 
     /// [`Error::GroupDeleted`] if the group entry no longer holds the word we
     /// joined (deleted, or freed and reused).
+    ///
+    /// Hostile-peer repair: a member is the one process that knows what its
+    /// group entry should hold. A state word no protocol step writes (see
+    /// `group_protocol::restorable`) is put back by one CAS, and a scribbled
+    /// name (which would make finders miss the group and create a second
+    /// one) is rewritten, as long as this member's own entry still holds its
+    /// id (the entry was not reset by a new creator).
     pub(crate) fn check_group(&self) -> Result<()> {
-        if self.view().header.state.load(Ordering::Acquire) == self.gword {
-            Ok(())
-        } else {
-            Err(self.deleted())
+        let view = self.view();
+        let w = view.header.state.load(Ordering::Acquire);
+        if w != self.gword {
+            let restored = self.holds_entry()
+                && proto::restorable(w, self.gword)
+                && view
+                    .header
+                    .state
+                    .compare_exchange(w, self.gword, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+            if !restored {
+                return Err(self.deleted());
+            }
         }
+        let name = self.name.as_bytes();
+        let len = view.header.name_len as usize;
+        if (len != name.len() || view.header.name[..name.len()] != *name) && self.holds_entry() {
+            // The entry is READY under our word and holds us: the name is
+            // ours (it was checked at join), only its bytes were scribbled.
+            let inner = self.inner();
+            inner.meta.write_group_name(inner.meta_geo, self.g, name);
+        }
+        Ok(())
+    }
+
+    /// Whether this member's entry still holds its id (or it is between
+    /// memberships, having been evicted: then the table was not reset under
+    /// it as far as it can tell).
+    fn holds_entry(&self) -> bool {
+        !self.active
+            || self
+                .view()
+                .members
+                .get(self.index)
+                .is_some_and(|m| m.id.load(Ordering::Acquire) == self.id)
     }
 
     /// Mark the group alive (for backpressure) as of `now`.
@@ -280,7 +317,13 @@ impl Membership {
             self.take_entry()?;
             return Ok(true);
         }
-        if proto::heartbeat(&self.view().members[self.index], self.id, now) {
+        let entry = &self.view().members[self.index];
+        if proto::heartbeat(entry, self.id, now) {
+            // Our own entry's role is ours alone: put back a scribbled one
+            // (peers count claiming members by role).
+            if entry.role.load(Ordering::Relaxed) != self.role {
+                entry.role.store(self.role, Ordering::Relaxed);
+            }
             self.touch(now);
             return Ok(false);
         }

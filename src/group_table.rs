@@ -147,7 +147,7 @@ impl<'a> Table<'a> {
             }
             match proto::entry_health(w, alive) {
                 EntryHealth::Settling => std::thread::sleep(Duration::from_micros(100)),
-                EntryHealth::Abandoned => {
+                EntryHealth::Abandoned if !self.members_repair(g, w, alive) => {
                     proto::recover_entry(state, w);
                 }
                 _ => return w,
@@ -155,13 +155,24 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// Whether entry `g`'s word `w` is one no protocol step writes (a
+    /// hostile peer's) while a live member holds the entry: its members put
+    /// their READY word back at their next poll, so a finder must neither
+    /// free the entry (the group would lose its offsets and members) nor use
+    /// the word.
+    fn members_repair(&self, g: u32, w: u64, alive: &mut impl FnMut(u32) -> bool) -> bool {
+        proto::impossible_entry(w) && proto::any_live_member(self.group(g).members, alive)
+    }
+
     /// Entry of group `group`, if it exists.
     pub(crate) fn find(&self, group: &str) -> Option<Found> {
         let mut alive = self.alive();
         (0..self.geo.group_cap).find_map(|g| {
             let w = self.settled(g, &mut alive);
-            (proto::entry_state(w) == group_state::READY && self.matches(g, w, group))
-                .then_some(Found { index: g, word: w })
+            (proto::entry_state(w) == group_state::READY
+                && !proto::impossible_entry(w)
+                && self.matches(g, w, group))
+            .then_some(Found { index: g, word: w })
         })
     }
 
@@ -189,6 +200,13 @@ impl<'a> Table<'a> {
             let h = view.header;
             let seen = h.state.load(Ordering::Acquire);
             match proto::entry_health(seen, &mut alive) {
+                // A scribbled word (a FREE of generation 0 looks like a
+                // never-used entry) over a live group: its members repair it.
+                EntryHealth::Free | EntryHealth::Abandoned
+                    if self.members_repair(g, seen, &mut alive) =>
+                {
+                    continue
+                }
                 EntryHealth::Free => {}
                 // A crashed creator's entry: take it over in place.
                 EntryHealth::Abandoned if proto::entry_state(seen) == group_state::INIT => {}
@@ -314,7 +332,11 @@ pub(crate) fn sweep(t: &Table<'_>, now: u64) -> Vec<FreedGroup> {
         let state = &view.header.state;
         let w = state.load(Ordering::Acquire);
         match proto::entry_health(w, &mut alive) {
-            EntryHealth::Abandoned if proto::recover_entry(state, w) => {
+            EntryHealth::Abandoned
+                if !(proto::impossible_entry(w)
+                    && proto::any_live_member(view.members, &mut alive))
+                    && proto::recover_entry(state, w) =>
+            {
                 freed.push(FreedGroup {
                     index: g,
                     name: String::new(),

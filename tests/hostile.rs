@@ -334,13 +334,11 @@ fn scribbled_shared_next_does_not_stall_competing_consumers() {
             );
             c.commit().unwrap();
         }
-        // Redelivered from the oldest retained offset (at-least-once).
+        // Resumed from where this consumer knows the cursor was (the end
+        // of its last batch): neither stalled nor redelivered.
         let values: Vec<&[u8]> = got.iter().map(|r| r.value.as_slice()).collect();
-        assert_eq!(
-            values,
-            [b"a".as_slice(), b"b"],
-            "the competing consumer stalled"
-        );
+        assert_eq!(values, [b"b".as_slice()], "the competing consumer stalled");
+        assert!(c.corrupt() >= 1, "the repair is counted");
         drop((c, p, meta, t));
     }
     g.finish();
@@ -377,6 +375,234 @@ fn scribbled_committed_does_not_strand_a_group_member() {
         assert_eq!(got.len(), 1, "the member stalled");
         assert_eq!(got[0].value, b"b");
         drop((c, p, meta, t));
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------
+// Group-table repairs (group 0's words in the meta region).
+// ---------------------------------------------------------------------------
+
+/// Offset of group 0's line for partition `p` (`committed`, then `owner` at
+/// +8, `next` at +16).
+fn gline(p: u32) -> usize {
+    META_HEADER + layout::LINE + MEMBER_CAPACITY as usize * layout::LINE + p as usize * layout::LINE
+}
+
+fn parts_cfg(overflow: Overflow, partitions: u32) -> TopicConfig {
+    TopicConfig {
+        slots: 8,
+        slot_size: 64,
+        ..TopicConfig::default()
+            .partitions(partitions)
+            .overflow(overflow)
+    }
+}
+
+/// An owner word whose low half is the shared pattern (`u64::MAX`) on a
+/// claiming group was skipped by every claim pass: the partition was never
+/// reclaimed (the suite's member ended with assignment [0] only).
+#[test]
+fn scribbled_shared_owner_word_is_reclaimed() {
+    let g = ShmGuard::new("gowner");
+    {
+        let mgr = g.manager();
+        let t = mgr.create("o", parts_cfg(Overflow::Overwrite, 2)).unwrap();
+        let mut m = shmq::ConsumerGroup::join(&t, "members", GroupOptions::default()).unwrap();
+        assert_eq!(m.claim().unwrap(), vec![0, 1]);
+        let meta = Map::open(&shmq::name::meta_region(g.ns(), "o"));
+        for word in [u64::MAX, 1 << 63, 0xFFFF_FFFF_0000_0000] {
+            meta.u64_at(gline(1) + 8).store(word, Ordering::SeqCst);
+            assert!(!m.owns(1));
+            assert_eq!(m.claim().unwrap(), vec![0, 1], "owner word {word:#x}");
+            assert!(m.owns(1));
+        }
+        drop((m, meta, t));
+    }
+    g.finish();
+}
+
+/// The group entry's state word and name scribbled: members lost their
+/// group for good (`GroupDeleted` at every poll, or a finder freed the entry
+/// and a second group of the same name appeared). A member puts back a
+/// state word no protocol step writes, and rewrites a scribbled name.
+#[test]
+fn scribbled_group_state_and_name_are_repaired_by_members() {
+    let g = ShmGuard::new("gstate");
+    {
+        let mgr = g.manager();
+        let t = mgr.create("s", parts_cfg(Overflow::Overwrite, 1)).unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        let mut c = GroupConsumer::join(&t, "members", GroupOptions::default()).unwrap();
+        let meta = Map::open(&shmq::name::meta_region(g.ns(), "s"));
+        let state = meta.u64_at(META_HEADER);
+        let ready = state.load(Ordering::SeqCst);
+        let mut sent = 0u64;
+        let mut expect_next = |c: &mut GroupConsumer, p: &mut Producer, what: &str| {
+            p.send(&sent.to_le_bytes()).unwrap();
+            sent += 1;
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                assert!(Instant::now() < deadline, "{what}: the member stalled");
+                match c.poll_timeout(8, Duration::from_millis(20)) {
+                    Ok(got) if !got.records.is_empty() => break,
+                    Ok(_) => {}
+                    Err(e) => panic!("{what}: {e}"),
+                }
+            }
+            c.commit().unwrap();
+        };
+        expect_next(&mut c, &mut p, "before");
+        for (word, what) in [
+            (1, "INIT gen 0"),
+            (0, "FREE gen 0"),
+            (4, "unknown"),
+            (2, "READY gen 0"),
+        ] {
+            state.store(word, Ordering::SeqCst);
+            // A finder in between (a consumer of another group) must not
+            // free the entry or take it over.
+            let plain = Consumer::new(&t, "other").unwrap();
+            expect_next(&mut c, &mut p, what);
+            assert_eq!(state.load(Ordering::SeqCst), ready, "{what}: not put back");
+            drop(plain);
+        }
+        // The name's length scribbled: finders would miss the group.
+        meta.u32_at(META_HEADER + 8).store(3, Ordering::SeqCst);
+        expect_next(&mut c, &mut p, "name_len");
+        assert_eq!(meta.u32_at(META_HEADER + 8).load(Ordering::SeqCst), 7);
+        let names: Vec<String> = t
+            .stats()
+            .unwrap()
+            .groups
+            .into_iter()
+            .map(|g| g.name)
+            .collect();
+        assert_eq!(names, ["members", "other"], "one entry each, found by name");
+        let mut again = Consumer::new(&t, "members").unwrap();
+        again.seek(SeekPolicy::Earliest).unwrap();
+        let names: Vec<String> = t
+            .stats()
+            .unwrap()
+            .groups
+            .into_iter()
+            .map(|g| g.name)
+            .collect();
+        assert_eq!(names, ["members", "other"], "the group was found by name");
+        drop(again);
+        drop((c, p, meta, t));
+    }
+    g.finish();
+}
+
+/// A committed offset pushed beyond the write cursor could never come down
+/// (`advance_committed` only raises it): the group stopped holding the
+/// backpressure writer for good. The competing consumers put it back.
+#[test]
+fn scribbled_committed_of_competing_group_comes_back_down() {
+    let g = ShmGuard::new("ccommit");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("b", parts_cfg(Overflow::Backpressure, 1))
+            .unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        let mut c = CompetingConsumer::join(&t, "workers", 0, GroupOptions::default()).unwrap();
+        for i in 0..4u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        assert_eq!(c.poll(8).unwrap().records.len(), 4);
+        c.commit().unwrap();
+        assert_eq!(c.committed(), Some(4));
+        let meta = Map::open(&shmq::name::meta_region(g.ns(), "b"));
+        for (field, word) in [(0, 1u64 << 40), (0, u64::MAX), (16, 1 << 50)] {
+            meta.u64_at(gline(0) + field).store(word, Ordering::SeqCst);
+            c.commit().unwrap();
+            assert!(
+                c.committed().is_some_and(|o| o <= 4),
+                "committed {:?} after {word:#x} at +{field}",
+                c.committed()
+            );
+            assert!(c.corrupt() > 0 || field == 16, "the repair is counted");
+        }
+        // And it holds the writer again: 8 slots from offset 4.
+        for i in 4..12u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        assert!(matches!(p.try_send(b"x"), Err(Error::Full { .. })));
+        drop((c, p, meta, t));
+    }
+    g.finish();
+}
+
+/// A scribbled low (or zero) shared cursor: the claim counted everything
+/// from there to the ring's oldest record as missed, every time (1.0e9
+/// missed against 1.0e8 sent), or, at 0, handed out nothing ever again.
+/// It is damage (corrupt), not loss.
+#[test]
+fn scribbled_low_shared_next_is_not_counted_as_missed() {
+    let g = ShmGuard::new("clow");
+    {
+        let mgr = g.manager();
+        let t = mgr.create("c", parts_cfg(Overflow::Overwrite, 1)).unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        let mut c = CompetingConsumer::join(&t, "workers", 0, GroupOptions::default()).unwrap();
+        let meta = Map::open(&shmq::name::meta_region(g.ns(), "c"));
+        let mut sent = 0u64;
+        for word in [1u64, 0, 2, 0] {
+            for _ in 0..100 {
+                // Keep up (8 slots): nothing is really lost.
+                p.send(&sent.to_le_bytes()).unwrap();
+                sent += 1;
+                if sent % 4 == 0 {
+                    c.poll(8).unwrap();
+                    c.commit().unwrap();
+                }
+            }
+            while !c.poll(8).unwrap().is_empty() {}
+            meta.u64_at(gline(0) + 16).store(word, Ordering::SeqCst);
+            p.send(&sent.to_le_bytes()).unwrap();
+            sent += 1;
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let mut got = Vec::new();
+            while !got.iter().any(|r: &shmq::Record| r.offset == sent - 1) {
+                assert!(Instant::now() < deadline, "stalled after next = {word}");
+                got.extend(
+                    c.poll_timeout(8, Duration::from_millis(20))
+                        .unwrap()
+                        .records,
+                );
+            }
+        }
+        assert_eq!(c.missed(), 0, "scribble damage counted as missed");
+        assert!(c.corrupt() >= 4, "corrupt {}", c.corrupt());
+        drop((c, p, meta, t));
+    }
+    g.finish();
+}
+
+/// A competing group that reads only partition 0 held partition 1 of a
+/// backpressure topic at floor 0 (no commit, no start, no shared cursor).
+#[test]
+fn a_group_holds_only_the_partitions_it_reads() {
+    let g = ShmGuard::new("unread");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("u", parts_cfg(Overflow::Backpressure, 2))
+            .unwrap();
+        let _c = CompetingConsumer::join(&t, "workers", 0, GroupOptions::default()).unwrap();
+        let mut p = Producer::with_partitions(&t, shmq::Partitions::Only(vec![1])).unwrap();
+        for i in 0..32u64 {
+            p.try_send(&i.to_le_bytes())
+                .unwrap_or_else(|e| panic!("record {i} on the unread partition: {e}"));
+        }
+        // Partition 0 is read: the writer is held there.
+        let mut p0 = Producer::with_partitions(&t, shmq::Partitions::Only(vec![0])).unwrap();
+        for i in 0..8u64 {
+            p0.try_send(&i.to_le_bytes()).unwrap();
+        }
+        assert!(matches!(p0.try_send(b"x"), Err(Error::Full { .. })));
     }
     g.finish();
 }

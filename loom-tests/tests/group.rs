@@ -142,7 +142,7 @@ fn handover_model() {
             got = true;
             assert_eq!(
                 proto::committed_floor(&g.parts[0]),
-                5,
+                Some(5),
                 "{VIOLATION}: new owner does not see the previous owner's commit"
             );
             break;
@@ -229,7 +229,7 @@ fn competing_model() {
     );
     assert_eq!(
         proto::committed_floor(&g.parts[0]),
-        PUBLISHED,
+        Some(PUBLISHED),
         "{VIOLATION}: committed not advanced to the end (next {}, work_lo {} {})",
         g.parts[0].next.load(Ordering::Relaxed),
         g.members[0].work_lo.load(Ordering::Relaxed),
