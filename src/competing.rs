@@ -257,10 +257,12 @@ impl CompetingConsumer {
         let cursor = ring::checked_latest(part.header(), &part.slots());
         if let Some(lw) = proto::low_water(gp, view.members, self.m.role) {
             let lw = lw.min(cursor);
-            proto::advance_committed(gp, lw);
+            // Repair first, then raise: a peer's repair with an older (lower)
+            // mark that wins the CAS is raised again by our fetch_max.
             if proto::repair_committed(gp, cursor, lw) {
                 self.corrupt = self.corrupt.saturating_add(1);
             }
+            proto::advance_committed(gp, lw);
         }
         Ok(())
     }

@@ -852,7 +852,9 @@ pub fn committed_floor(gp: &GroupPartition) -> Option<u64> {
 /// committed by a member (offsets past the write end cannot have been
 /// processed), so put it back to `truth` (the caller's own low-water mark,
 /// capped at `cursor`) by one CAS from the word judged. Returns whether it
-/// repaired (count it as damage).
+/// repaired (count it as damage). Call it *before* [`advance_committed`]
+/// with the same mark: a concurrent repair with an older mark that wins is
+/// then raised again (modelled under loom).
 pub fn repair_committed(gp: &GroupPartition, cursor: u64, truth: u64) -> bool {
     let c = gp.committed.load(Ordering::Acquire);
     if c == 0 || c - 1 <= cursor {
