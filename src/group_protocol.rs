@@ -1298,6 +1298,78 @@ mod tests {
     }
 
     #[test]
+    fn words_no_step_writes_are_void_or_impossible() {
+        for w in [
+            u64::MAX,
+            1 << 63,
+            0xFFFF_FFFF_0000_0000,
+            5,
+            SHARED_WORD | 1 << 32,
+        ] {
+            assert_eq!(decode_owner(w), Owner::Void, "{w:#x}");
+        }
+        let ready = entry_word(group_state::READY, 3, 0);
+        assert!(!impossible_entry(ready));
+        for w in [
+            0,
+            1,
+            2,
+            3,
+            4,
+            entry_word(group_state::INIT, 3, 0),
+            ready | 1 << 32,
+        ] {
+            assert!(restorable(w, ready), "{w:#x}");
+        }
+        // A delete (same generation) or a reuse (another one) is real.
+        for w in [
+            entry_word(group_state::FREE, 3, 0),
+            entry_word(group_state::FREEING, 3, 9),
+            entry_word(group_state::INIT, 4, 9),
+            entry_word(group_state::READY, 4, 0),
+        ] {
+            assert!(!restorable(w, ready), "{w:#x}");
+        }
+    }
+
+    #[test]
+    fn a_scribbled_shared_cursor_is_put_back_and_not_counted_missed() {
+        let members = table(1);
+        let (i, _) = join(&members, 1, 1, 1, 0).unwrap();
+        let gp = GroupPartition::new();
+        position_shared(&gp, 100);
+        let b = |known| Bounds {
+            earliest: 92,
+            cursor: 100,
+            known,
+        };
+        for wild in [0, 1, 50, 1 << 40] {
+            gp.next.store(wild, Ordering::Relaxed);
+            let c = claim_checked(&gp, &members[i], None, b(Some(95)), 8);
+            assert!(c.repaired, "{wild}");
+            let got = c.batch.unwrap();
+            assert_eq!((got.lo, got.hi, got.skipped), (95, 100, 0), "{wild}");
+            finish_batch(&members[i], None);
+        }
+        // Real loss since the known position is still counted: next 90,
+        // the ring holds 92 onwards.
+        gp.next.store(91, Ordering::Relaxed);
+        let c = claim_checked(&gp, &members[i], None, b(Some(90)), 8);
+        assert_eq!(c.batch.map(|b| b.skipped), Some(2));
+        assert!(!c.repaired);
+    }
+
+    #[test]
+    fn a_committed_offset_beyond_the_writer_comes_down() {
+        let gp = GroupPartition::new();
+        assert!(!repair_committed(&gp, 10, 4), "nothing committed");
+        advance_committed(&gp, 1 << 40);
+        assert!(repair_committed(&gp, 10, 4));
+        assert_eq!(committed_floor(&gp), Some(4));
+        assert!(!repair_committed(&gp, 10, 2), "a plausible value stays");
+    }
+
+    #[test]
     fn write_limit_is_the_slowest_floor_plus_a_ring() {
         assert_eq!(write_limit([], 8), u64::MAX);
         assert_eq!(write_limit([5, 3, 9], 8), 11);
