@@ -33,6 +33,10 @@ use crate::sync::Ordering;
 use crate::token;
 use crate::topic::TopicInner;
 
+/// How long after its last sign of life a group whose entry word was
+/// scribbled is left to its members to repair (see `Table::members_repair`).
+const REPAIR_GRACE: Duration = Duration::from_secs(10);
+
 /// How long to wait for an entry a live process is creating or freeing.
 const SETTLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -160,8 +164,18 @@ impl<'a> Table<'a> {
     /// their READY word back at their next poll, so a finder must neither
     /// free the entry (the group would lose its offsets and members) nor use
     /// the word.
+    ///
+    /// "Held" also covers a group active within [`REPAIR_GRACE`]: a member
+    /// whose own id was scribbled at the same moment no longer looks live,
+    /// but it joins again and repairs the word at its next poll.
     fn members_repair(&self, g: u32, w: u64, alive: &mut impl FnMut(u32) -> bool) -> bool {
-        proto::impossible_entry(w) && proto::any_live_member(self.group(g).members, alive)
+        if !proto::impossible_entry(w) {
+            return false;
+        }
+        let view = self.group(g);
+        let active = view.header.last_active_ns.load(Ordering::Relaxed);
+        os::now_ns().saturating_sub(active) <= REPAIR_GRACE.as_nanos() as u64
+            || proto::any_live_member(view.members, alive)
     }
 
     /// Entry of group `group`, if it exists.
@@ -333,9 +347,7 @@ pub(crate) fn sweep(t: &Table<'_>, now: u64) -> Vec<FreedGroup> {
         let w = state.load(Ordering::Acquire);
         match proto::entry_health(w, &mut alive) {
             EntryHealth::Abandoned
-                if !(proto::impossible_entry(w)
-                    && proto::any_live_member(view.members, &mut alive))
-                    && proto::recover_entry(state, w) =>
+                if !t.members_repair(g, w, &mut alive) && proto::recover_entry(state, w) =>
             {
                 freed.push(FreedGroup {
                     index: g,

@@ -495,6 +495,33 @@ fn scribbled_group_state_and_name_are_repaired_by_members() {
     g.finish();
 }
 
+/// A group's last sign of life scribbled far into the future kept the group
+/// "recent" for good (`fetch_max` never lowers it): once its members were
+/// gone it would hold a backpressure writer forever. A member puts it back.
+#[test]
+fn scribbled_last_active_is_put_back_by_a_member() {
+    let g = ShmGuard::new("gactive");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("a", parts_cfg(Overflow::Backpressure, 1))
+            .unwrap();
+        let mut m = shmq::ConsumerGroup::join(&t, "members", GroupOptions::default()).unwrap();
+        let meta = Map::open(&shmq::name::meta_region(g.ns(), "a"));
+        let last = meta.u64_at(META_HEADER + 56);
+        last.store(u64::MAX, Ordering::SeqCst);
+        m.heartbeat().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let v = last.load(Ordering::SeqCst);
+        assert!(v <= now + 1_000_000_000, "last_active {v} (now {now})");
+        drop((m, meta, t));
+    }
+    g.finish();
+}
+
 /// A committed offset pushed beyond the write cursor could never come down
 /// (`advance_committed` only raises it): the group stopped holding the
 /// backpressure writer for good. The competing consumers put it back.
@@ -761,21 +788,41 @@ fn consumer_role(ns: &str, topic: &str, kind: &str, secs: u64) {
         "group" => {
             let opts = GroupOptions::default();
             let mut c = GroupConsumer::join(&t, "members", opts).unwrap();
+            let mut last_error = None;
             while Instant::now() < deadline {
                 match c.poll_timeout(64, step) {
                     Ok(p) => tally(p),
                     Err(Error::LeaseExpired { .. }) => break,
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        errors += 1;
+                        last_error = Some(e.to_string());
+                    }
                 }
-                if c.commit().is_err() {
+                if let Err(e) = c.commit() {
                     errors += 1;
+                    last_error = Some(e.to_string());
                 }
             }
             eprintln!(
-                "hostile-debug {topic} group: assignment {:?} positions {:?}",
+                "hostile-debug {topic} group: assignment {:?} positions {:?} last error {last_error:?}",
                 c.assignment(),
                 (0..PARTS).map(|p| c.position(p)).collect::<Vec<_>>()
             );
+            if last_error.is_some() {
+                let meta = Map::open(&shmq::name::meta_region(ns, topic));
+                let gsize = group_size(layout::DEFAULT_MAX_PARTITIONS.max(PARTS), MEMBER_CAPACITY);
+                for g in 0..4 {
+                    let base = META_HEADER + g * gsize;
+                    eprintln!(
+                        "hostile-debug {topic} entry {g}: state {:#x} name_len {} member0 {:#x} member1 {:#x}",
+                        meta.u64_at(base).load(Ordering::Relaxed),
+                        meta.u32_at(base + 8).load(Ordering::Relaxed),
+                        meta.u64_at(base + layout::LINE).load(Ordering::Relaxed),
+                        meta.u64_at(base + 2 * layout::LINE).load(Ordering::Relaxed),
+                    );
+                }
+                eprintln!("hostile-debug {topic} group: {c:?}");
+            }
             (c.missed(), c.consumer().corrupt())
         }
         "competing" => {
@@ -827,7 +874,10 @@ fn scribbler_role(ns: &str, topics: &[String], secs: u64, seed: u64) {
     let mut rng = Rng(seed | 1);
     let mut counts: HashMap<&'static str, u64> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let gsize = group_size(PARTS, MEMBER_CAPACITY);
+    // A group has a line for every partition the topic may grow to (the
+    // suite's topics keep the default `max_partitions`), not just `PARTS`:
+    // with `PARTS` lines, every group but the first was missed.
+    let gsize = group_size(layout::DEFAULT_MAX_PARTITIONS.max(PARTS), MEMBER_CAPACITY);
     let mut est = vec![0u64; parts.len()];
     // SHMQ_HOSTILE_FIELDS=seq,cursor,... limits the scribbling to those
     // fields (to find which one a failure comes from).
