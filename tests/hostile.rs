@@ -1206,13 +1206,14 @@ fn hostile_peer_suite() {
     }
     // Recovery: once the scribbler stopped, records flowed again (a
     // partition stalled for good would leave its consumer idle). Asserted
-    // for the consumers whose recovery depends only on the ring and the
-    // competing consumers' shared cursor; group members (and, through a
-    // group that holds the writer, the backpressure topic) can still lose
-    // their assignment to a scribbled member table (reported to the group
-    // work, see the issue-11 report). SHMQ_HOSTILE_STRICT=1 asserts it for
-    // every consumer.
-    let strict_all = std::env::var("SHMQ_HOSTILE_STRICT").is_ok_and(|v| v == "1");
+    // for every consumer: plain, group member and competing, on both
+    // topics (group members repair their group entry, claims of words no
+    // member wrote are void, a group holds only partitions it reads, and
+    // committed offsets and shared cursors beyond the writer are put back).
+    // SHMQ_HOSTILE_STRICT=0 reports a stall of anything but the overwrite
+    // topic's plain and competing consumers instead of failing (to look at
+    // the other figures of a failing run).
+    let strict_all = std::env::var("SHMQ_HOSTILE_STRICT").map_or(true, |v| v != "0");
     let mut stalled = Vec::new();
     for (name, r) in &reports {
         if let Some(&last) = r.get("last_record_ms") {
@@ -1230,7 +1231,7 @@ fn hostile_peer_suite() {
         }
     }
     for s in &stalled {
-        println!("hostile: STALLED (group-table damage, not asserted): {s}");
+        println!("hostile: STALLED (not asserted: SHMQ_HOSTILE_STRICT=0): {s}");
     }
     let writes = get("scribbler", "writes");
     println!(
