@@ -254,8 +254,8 @@ impl Membership {
     /// `group_protocol::restorable`) is put back by one CAS, and a scribbled
     /// name (which would make finders miss the group and create a second
     /// one) is rewritten. The state is put back if the entry still holds our
-    /// member id or our name; the name only if it holds our member id (the
-    /// entry was not reset by a new creator).
+    /// member id (or our pid) or our name; the name only if it holds our
+    /// member id or pid (the entry was not reset by a new creator).
     pub(crate) fn check_group(&self) -> Result<()> {
         let view = self.view();
         let mut w = view.header.state.load(Ordering::Acquire);

@@ -37,7 +37,9 @@
 //! `generation << 32 | (member index + 1)`; low half `0` = unclaimed;
 //! low half [`SHARED`] = the partition is drained by the group's competing
 //! consumers. A claim is valid while the entry at `index` holds that
-//! generation and is not stale. Every change of owner is one CAS from the
+//! generation and is not stale. A word no step writes (bit 63 set,
+//! generation 0, a shared low half with a high half) is void: claimable
+//! like a free one, so a scribbled owner word never strands a partition. Every change of owner is one CAS from the
 //! word the claimer judged (free, void or stale) to its own word, so at any
 //! time exactly one word — exactly one owner — exists per partition; a
 //! deposed but still running member learns of it at its next check
