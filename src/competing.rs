@@ -253,10 +253,12 @@ impl CompetingConsumer {
         // a low-water mark above it (a scribbled `next` or `work_lo`) is
         // capped, and a committed offset above it (scribbled directly) is
         // put back to ours: `advance_committed` alone never lowers it, and
-        // the group would stop holding a backpressure writer for good.
-        let cursor = ring::checked_latest(part.header(), &part.slots());
+        // the group would stop holding a backpressure writer for good. The
+        // cursor is read after `next` and `committed` were loaded, so a
+        // peer's honest claim or commit is never beyond it.
+        let cursor = || ring::checked_latest(part.header(), &part.slots());
         if let Some(lw) = proto::low_water(gp, view.members, self.m.role) {
-            let lw = lw.min(cursor);
+            let lw = lw.min(cursor());
             // Repair first, then raise: a peer's repair with an older (lower)
             // mark that wins the CAS is raised again by our fetch_max.
             if proto::repair_committed(gp, cursor, lw) {
@@ -368,7 +370,8 @@ impl CompetingConsumer {
                 cursor,
                 known: Some(self.known),
             };
-            let claim = proto::claim_checked(gp, me, self.pending(), bounds, want);
+            let fresh = || ring::checked_latest(part.header(), &part.slots());
+            let claim = proto::claim_checked(gp, me, self.pending(), bounds, fresh, want);
             if claim.repaired {
                 // A scribbled shared cursor: damage, not records missed.
                 self.corrupt = self.corrupt.saturating_add(1);

@@ -576,6 +576,7 @@ pub fn claim_batch(
             cursor,
             known: None,
         },
+        || cursor,
         max,
     )
     .batch
@@ -612,16 +613,23 @@ pub struct Claim {
 /// put back to the best known position (`max(known, earliest)`, capped at the
 /// cursor) by one CAS from the word judged, and `skipped` then counts only
 /// offsets the ring really lost since that known position.
+///
+/// `fresh_cursor` reads the writer's (checked) cursor again. A peer that
+/// read a newer cursor than `bounds.cursor` may have claimed beyond it
+/// honestly: a `next` beyond the snapshot is judged against a fresh read,
+/// made after `next` was loaded (Acquire; the peer read the cursor before
+/// its claim), so it is at least what the peer saw.
 pub fn claim_checked(
     gp: &GroupPartition,
     me: &MemberEntry,
     pending: Option<u64>,
     bounds: Bounds,
+    mut fresh_cursor: impl FnMut() -> u64,
     max: u64,
 ) -> Claim {
     let Bounds {
         earliest,
-        cursor,
+        mut cursor,
         known,
     } = bounds;
     let mut current = gp.next.load(Ordering::Acquire);
@@ -632,6 +640,9 @@ pub fn claim_checked(
             break None;
         }
         let n = current.wrapping_sub(1);
+        if current != 0 && n > cursor {
+            cursor = cursor.max(fresh_cursor());
+        }
         let below_known = known.is_some_and(|k| current == 0 || n < k.min(cursor));
         if current == 0 || n > cursor || below_known {
             // Hostile-peer repair (issue 11 defect 6): a real claim never
@@ -857,9 +868,18 @@ pub fn committed_floor(gp: &GroupPartition) -> Option<u64> {
 /// repaired (count it as damage). Call it *before* [`advance_committed`]
 /// with the same mark: a concurrent repair with an older mark that wins is
 /// then raised again (modelled under loom).
-pub fn repair_committed(gp: &GroupPartition, cursor: u64, truth: u64) -> bool {
+///
+/// `cursor` is read *after* the committed offset was loaded (Acquire): a
+/// peer that committed `c` had seen the writer at `c` or beyond, so a fresh
+/// read is at least that, and an honest commit is never taken for a
+/// scribble.
+pub fn repair_committed(gp: &GroupPartition, cursor: impl FnOnce() -> u64, truth: u64) -> bool {
     let c = gp.committed.load(Ordering::Acquire);
-    if c == 0 || c - 1 <= cursor {
+    if c == 0 {
+        return false;
+    }
+    let cursor = cursor();
+    if c - 1 <= cursor {
         return false;
     }
     gp.committed
@@ -1347,7 +1367,7 @@ mod tests {
         };
         for wild in [0, 1, 50, 1 << 40] {
             gp.next.store(wild, Ordering::Relaxed);
-            let c = claim_checked(&gp, &members[i], None, b(Some(95)), 8);
+            let c = claim_checked(&gp, &members[i], None, b(Some(95)), || 100, 8);
             assert!(c.repaired, "{wild}");
             let got = c.batch.unwrap();
             assert_eq!((got.lo, got.hi, got.skipped), (95, 100, 0), "{wild}");
@@ -1356,19 +1376,26 @@ mod tests {
         // Real loss since the known position is still counted: next 90,
         // the ring holds 92 onwards.
         gp.next.store(91, Ordering::Relaxed);
-        let c = claim_checked(&gp, &members[i], None, b(Some(90)), 8);
+        let c = claim_checked(&gp, &members[i], None, b(Some(90)), || 100, 8);
         assert_eq!(c.batch.map(|b| b.skipped), Some(2));
         assert!(!c.repaired);
+        finish_batch(&members[i], None);
+        // A peer that saw a newer writer cursor claimed past our snapshot:
+        // honest, not repaired.
+        gp.next.store(106, Ordering::Relaxed);
+        let c = claim_checked(&gp, &members[i], None, b(Some(90)), || 110, 8);
+        assert!(!c.repaired);
+        assert_eq!(c.batch.map(|b| (b.lo, b.hi)), Some((105, 110)));
     }
 
     #[test]
     fn a_committed_offset_beyond_the_writer_comes_down() {
         let gp = GroupPartition::new();
-        assert!(!repair_committed(&gp, 10, 4), "nothing committed");
+        assert!(!repair_committed(&gp, || 10, 4), "nothing committed");
         advance_committed(&gp, 1 << 40);
-        assert!(repair_committed(&gp, 10, 4));
+        assert!(repair_committed(&gp, || 10, 4));
         assert_eq!(committed_floor(&gp), Some(4));
-        assert!(!repair_committed(&gp, 10, 2), "a plausible value stays");
+        assert!(!repair_committed(&gp, || 10, 2), "a plausible value stays");
     }
 
     #[test]

@@ -432,7 +432,7 @@ fn competing_repair_model() {
             let commit = || {
                 if let Some(lw) = proto::low_water(gp, &g.members, role) {
                     let lw = lw.min(PUBLISHED);
-                    proto::repair_committed(gp, PUBLISHED, lw);
+                    proto::repair_committed(gp, || PUBLISHED, lw);
                     proto::advance_committed(gp, lw);
                 }
             };
@@ -442,7 +442,8 @@ fn competing_repair_model() {
                     cursor: PUBLISHED,
                     known: Some(known),
                 };
-                let Some(b) = proto::claim_checked(gp, me, None, bounds, 2).batch else {
+                let Some(b) = proto::claim_checked(gp, me, None, bounds, || PUBLISHED, 2).batch
+                else {
                     break;
                 };
                 known = known.max(b.hi);
