@@ -74,8 +74,10 @@
 //! `o < min(floor of every holding group) + slots`. A group's floor
 //! ([`committed_floor`]) is its committed offset; before its first commit,
 //! where its readers started (`GroupPartition::start`, published by every
-//! seek), or the competing consumers' shared cursor; a line with none of
-//! these is not read by the group and does not hold the writer. It loads each word with Acquire — SYNC POINT "commit",
+//! seek), or the competing consumers' shared cursor; on a line with none
+//! of these, a group of competing consumers only (which read just the
+//! partitions they joined) does not hold the writer, any other group holds
+//! from `0` ([`blank_line_floor`]). It loads each word with Acquire — SYNC POINT "commit",
 //! paired with the Release of a commit — so a slot is overwritten only after
 //! every holding group's reader finished copying it out.
 //!
@@ -844,9 +846,9 @@ pub fn abandon_adopted(m: &MemberEntry, adopted: Adopted) {
 /// The offset below which one group lets the writer overwrite partition
 /// line `gp`: its committed offset; if it never committed, where its readers
 /// started (their seek position) or the competing consumers' shared cursor.
-/// `None` if none of these exists: the group does not read the partition
-/// (e.g. competing consumers of another partition only), so it does not
-/// hold the writer (an unread line at floor `0` would stall it for good).
+/// `None` if none of these exists: then [`blank_line_floor`] decides
+/// (competing consumers of another partition only do not hold the writer;
+/// an unread line at floor `0` would stall it for good).
 pub fn committed_floor(gp: &GroupPartition) -> Option<u64> {
     // SYNC POINT "commit": pairs with the Release of a commit.
     let committed = gp.committed.load(Ordering::Acquire);
@@ -858,6 +860,32 @@ pub fn committed_floor(gp: &GroupPartition) -> Option<u64> {
         return Some(start - 1);
     }
     gp.next.load(Ordering::Acquire).checked_sub(1)
+}
+
+/// The floor of a group on a line with no commit, no start and no shared
+/// cursor ([`committed_floor`] `None`): a group of competing consumers only
+/// (every member entry in use has a non-zero role) reads just the
+/// partitions its members joined, so such a line is not read and does not
+/// hold the writer (`None`). Any other group (claiming members, or plain
+/// consumers, which are not members) reads every partition, including one
+/// just grown that nobody positioned yet: it holds from offset `0`, the
+/// start of a new partition.
+pub fn blank_line_floor(members: &[MemberEntry]) -> Option<u64> {
+    let mut any = false;
+    for m in members {
+        if token_of(m.id.load(Ordering::Acquire)) == 0 {
+            continue;
+        }
+        if m.role.load(Ordering::Relaxed) == 0 {
+            return Some(0);
+        }
+        any = true;
+    }
+    if any {
+        None
+    } else {
+        Some(0)
+    }
 }
 
 /// Hostile-peer repair of a committed offset that can only rise
@@ -1396,6 +1424,16 @@ mod tests {
         assert!(repair_committed(&gp, || 10, 4));
         assert_eq!(committed_floor(&gp), Some(4));
         assert!(!repair_committed(&gp, || 10, 2), "a plausible value stays");
+    }
+
+    #[test]
+    fn only_competing_groups_skip_blank_lines() {
+        let members = table(3);
+        assert_eq!(blank_line_floor(&members), Some(0), "plain consumers");
+        join(&members, 1, 1, 1, 0).unwrap();
+        assert_eq!(blank_line_floor(&members), None, "competing only");
+        join(&members, 2, 2, 0, 0).unwrap();
+        assert_eq!(blank_line_floor(&members), Some(0), "a claiming member");
     }
 
     #[test]
