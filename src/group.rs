@@ -637,6 +637,11 @@ impl Drop for ConsumerGroup {
 pub struct GroupConsumer {
     group: ConsumerGroup,
     consumer: Consumer,
+    /// Where this member last was on each partition it read: everything
+    /// below was delivered, so a partition taken again never starts below
+    /// it (a scribbled low committed offset would count the ring's whole
+    /// history as missed).
+    last_pos: Vec<(u32, u64)>,
 }
 
 impl std::fmt::Debug for GroupConsumer {
@@ -671,7 +676,11 @@ impl GroupConsumer {
         consumer.rr = 0;
         // The group decides the assignment; growth only triggers a rebalance.
         consumer.growth = crate::consumer::Growth::Notify;
-        let mut gc = GroupConsumer { group, consumer };
+        let mut gc = GroupConsumer {
+            group,
+            consumer,
+            last_pos: Vec::new(),
+        };
         gc.rebalance()?;
         Ok(gc)
     }
@@ -712,6 +721,12 @@ impl GroupConsumer {
         let inner = &self.group.m.topic.inner;
         let view = inner.group(self.group.m.g);
         let old = std::mem::take(&mut self.consumer.cursors);
+        for c in &old {
+            match self.last_pos.iter_mut().find(|(p, _)| *p == c.partition) {
+                Some((_, pos)) => *pos = c.next,
+                None => self.last_pos.push((c.partition, c.next)),
+            }
+        }
         let mut cursors = Vec::with_capacity(out.owned.len());
         for &p in &out.owned {
             let kept = old.iter().find(|c| c.partition == p).copied();
@@ -736,6 +751,12 @@ impl GroupConsumer {
                         // the ring's whole history as missed.
                         Some(o) => o
                             .max(kept.map_or(0, |c| c.next))
+                            .max(
+                                self.last_pos
+                                    .iter()
+                                    .find(|(q, _)| *q == p)
+                                    .map_or(0, |&(_, pos)| pos),
+                            )
                             .min(ring::checked_latest(part.header(), &part.slots())),
                         None => {
                             // Never committed: hold a backpressure writer from
