@@ -38,6 +38,10 @@ use crate::sync::{spin_hint, yield_now, Ordering};
 use crate::token;
 use crate::topic::TopicInner;
 
+/// How far in the future a group's last sign of life may lie and still
+/// count (clocks of processes on one host agree closely).
+const FUTURE_SLACK_NS: u64 = 60_000_000_000;
+
 /// How often a waiting writer re-evaluates which groups hold it back.
 const RECHECK: Duration = Duration::from_millis(5);
 
@@ -48,11 +52,17 @@ fn holding_groups(inner: &TopicInner, now_ns: u64) -> impl Iterator<Item = u32> 
     let me = inner.token.id();
     (0..inner.meta_geo.group_cap).filter(move |&g| {
         let view = inner.group(g);
-        if proto::entry_state(view.header.state.load(Ordering::Acquire)) != group_state::READY {
+        let w = view.header.state.load(Ordering::Acquire);
+        // A word no protocol step writes (a scribble over a free entry, or
+        // over a group whose members will put theirs back) holds nothing.
+        if proto::entry_state(w) != group_state::READY || proto::impossible_entry(w) {
             return false;
         }
         let active = view.header.last_active_ns.load(Ordering::Relaxed);
-        let recent = now_ns.saturating_sub(active) <= dead_after;
+        // A sign of life far in the future was scribbled: not "recent"
+        // (members put it back; see `Membership::touch`).
+        let recent = now_ns.saturating_sub(active) <= dead_after
+            && active <= now_ns.saturating_add(FUTURE_SLACK_NS);
         recent
             || view.members.iter().any(|m| {
                 let t = proto::token_of(m.id.load(Ordering::Acquire));
@@ -61,10 +71,17 @@ fn holding_groups(inner: &TopicInner, now_ns: u64) -> impl Iterator<Item = u32> 
     })
 }
 
+/// Group `g`'s floor on partition `p`, if it reads the partition.
+fn floor_of(inner: &TopicInner, g: u32, p: u32) -> Option<u64> {
+    let view = inner.group(g);
+    proto::committed_floor(&view.partitions[p as usize])
+        .or_else(|| proto::blank_line_floor(view.members))
+}
+
 /// The first offset partition `p` may not write yet, given the holding
 /// groups, capped at one ring beyond `next`.
 fn limit_for(inner: &TopicInner, p: u32, groups: impl Iterator<Item = u32>, next: u64) -> u64 {
-    let floors = groups.map(|g| proto::committed_floor(&inner.group(g).partitions[p as usize]));
+    let floors = groups.filter_map(|g| floor_of(inner, g, p));
     proto::write_limit(floors, inner.config.slots).min(next.saturating_add(inner.config.slots))
 }
 
@@ -74,12 +91,7 @@ fn limit_for(inner: &TopicInner, p: u32, groups: impl Iterator<Item = u32>, next
 fn full_error(inner: &TopicInner, p: u32, next: u64) -> Error {
     let now = os::now_ns();
     let slowest = holding_groups(inner, now)
-        .map(|g| {
-            (
-                g,
-                proto::committed_floor(&inner.group(g).partitions[p as usize]),
-            )
-        })
+        .filter_map(|g| floor_of(inner, g, p).map(|floor| (g, floor)))
         .min_by_key(|&(_, floor)| floor);
     let Some((g, floor)) = slowest else {
         return Error::Full {

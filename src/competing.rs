@@ -77,6 +77,10 @@ pub struct CompetingConsumer {
     missed: u64,
     corrupt: u64,
     adopted_records: u64,
+    /// An offset the shared cursor is known to have reached (where this
+    /// consumer positioned it at join, the end of its last batch): a `next`
+    /// below it was scribbled (see `group_protocol::claim_checked`).
+    known: u64,
 }
 
 impl std::fmt::Debug for CompetingConsumer {
@@ -131,7 +135,7 @@ impl CompetingConsumer {
             .load(Ordering::Acquire)
             .checked_sub(1)
             .unwrap_or_else(|| ring::checked_earliest(part.header(), &part.slots()));
-        proto::position_shared(gp, start);
+        let known = proto::position_shared(gp, start);
         Ok(CompetingConsumer {
             m,
             partition,
@@ -145,6 +149,7 @@ impl CompetingConsumer {
             missed: 0,
             corrupt: 0,
             adopted_records: 0,
+            known,
         })
     }
 
@@ -243,7 +248,22 @@ impl CompetingConsumer {
         }
         self.in_progress = false;
         let gp = &view.partitions[self.partition as usize];
+        let part = inner.part(self.partition);
+        // Checked: nothing at or beyond the writer's cursor was processed, so
+        // a low-water mark above it (a scribbled `next` or `work_lo`) is
+        // capped, and a committed offset above it (scribbled directly) is
+        // put back to ours: `advance_committed` alone never lowers it, and
+        // the group would stop holding a backpressure writer for good. The
+        // cursor is read after `next` and `committed` were loaded, so a
+        // peer's honest claim or commit is never beyond it.
+        let cursor = || ring::checked_latest(part.header(), &part.slots());
         if let Some(lw) = proto::low_water(gp, view.members, self.m.role) {
+            let lw = lw.min(cursor());
+            // Repair first, then raise: a peer's repair with an older (lower)
+            // mark that wins the CAS is raised again by our fetch_max.
+            if proto::repair_committed(gp, cursor, lw) {
+                self.corrupt = self.corrupt.saturating_add(1);
+            }
             proto::advance_committed(gp, lw);
         }
         Ok(())
@@ -345,7 +365,20 @@ impl CompetingConsumer {
             let cursor = ring::checked_latest(part.header(), &part.slots());
             let earliest = cursor.saturating_sub(part.geo.slots);
             let want = (max - out.records.len()) as u64;
-            if let Some(b) = proto::claim_batch(gp, me, self.pending(), earliest, cursor, want) {
+            let bounds = proto::Bounds {
+                earliest,
+                cursor,
+                known: Some(self.known),
+            };
+            let fresh = || ring::checked_latest(part.header(), &part.slots());
+            let claim = proto::claim_checked(gp, me, self.pending(), bounds, fresh, want);
+            if claim.repaired {
+                // A scribbled shared cursor: damage, not records missed.
+                self.corrupt = self.corrupt.saturating_add(1);
+                out.corrupt = out.corrupt.saturating_add(1);
+            }
+            if let Some(b) = claim.batch {
+                self.known = self.known.max(b.hi);
                 if b.skipped > 0 {
                     self.missed = self.missed.saturating_add(b.skipped);
                     out.lagged.push(Lagged {

@@ -45,6 +45,10 @@ use crate::topic::{Topic, TopicInner};
 
 /// Default stale threshold of a group.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(10);
+/// How far in the future a group's last sign of life may lie before a member
+/// takes it for a scribble (clocks of processes on one host agree closely).
+const FUTURE_SLACK_NS: u64 = 60_000_000_000;
+
 /// Smallest stale threshold accepted.
 pub const MIN_STALE_AFTER: Duration = Duration::from_millis(10);
 
@@ -244,20 +248,91 @@ impl Membership {
 
     /// [`Error::GroupDeleted`] if the group entry no longer holds the word we
     /// joined (deleted, or freed and reused).
+    ///
+    /// Hostile-peer repair: a member is the one process that knows what its
+    /// group entry should hold. A state word no protocol step writes (see
+    /// `group_protocol::restorable`) is put back by one CAS, and a scribbled
+    /// name (which would make finders miss the group and create a second
+    /// one) is rewritten. The state is put back if the entry still holds our
+    /// member id (or our pid) or our name; the name only if it holds our
+    /// member id or pid (the entry was not reset by a new creator).
     pub(crate) fn check_group(&self) -> Result<()> {
-        if self.view().header.state.load(Ordering::Acquire) == self.gword {
-            Ok(())
-        } else {
-            Err(self.deleted())
+        let view = self.view();
+        let mut w = view.header.state.load(Ordering::Acquire);
+        // A few tries: a peer scribbling at this moment may change the word
+        // between our load and our CAS.
+        let mut tries = 0;
+        while w != self.gword {
+            if tries == 4
+                || !proto::restorable(w, self.gword)
+                || !(self.holds_entry() || self.name_bytes_ours())
+            {
+                return Err(self.deleted());
+            }
+            tries += 1;
+            match view.header.state.compare_exchange(
+                w,
+                self.gword,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => w = actual,
+            }
         }
+        if !self.name_matches() && self.holds_entry() {
+            // The entry is READY under our word and holds us: the name is
+            // ours (it was checked at join), only its bytes were scribbled.
+            let inner = self.inner();
+            inner
+                .meta
+                .write_group_name(inner.meta_geo, self.g, self.name.as_bytes());
+        }
+        Ok(())
+    }
+
+    /// Whether the entry's name is ours.
+    fn name_matches(&self) -> bool {
+        let h = self.view().header;
+        let name = self.name.as_bytes();
+        h.name_len as usize == name.len() && h.name[..name.len()] == *name
+    }
+
+    /// Whether the entry's name bytes are ours, with a length that is ours
+    /// or impossible (beyond the name field: scribbled).
+    fn name_bytes_ours(&self) -> bool {
+        let h = self.view().header;
+        let name = self.name.as_bytes();
+        let len = h.name_len as usize;
+        (len == name.len() || len > crate::layout::GROUP_NAME_MAX) && h.name[..name.len()] == *name
+    }
+
+    /// Whether this member's entry still holds its id (or it is between
+    /// memberships, having been evicted: then the table was not reset under
+    /// it as far as it can tell).
+    ///
+    /// A scribbled id alone does not hide it: the entry still names this
+    /// process as its pid (a creator resets the member table; another
+    /// process's member entry holds its own pid).
+    fn holds_entry(&self) -> bool {
+        !self.active
+            || self.view().members.get(self.index).is_some_and(|m| {
+                m.id.load(Ordering::Acquire) == self.id
+                    || m.pid.load(Ordering::Relaxed) == os::pid()
+            })
     }
 
     /// Mark the group alive (for backpressure) as of `now`.
     pub(crate) fn touch(&self, now: u64) {
-        self.view()
-            .header
-            .last_active_ns
-            .fetch_max(now, Ordering::Relaxed);
+        let last = &self.view().header.last_active_ns;
+        let seen = last.fetch_max(now, Ordering::Relaxed);
+        // Hostile-peer repair: a sign of life far in the future (scribbled)
+        // would keep the group "recent" for good once its members are gone,
+        // holding a backpressure writer and escaping retention. A member's
+        // clock is the truth: put it back.
+        if seen > now.saturating_add(FUTURE_SLACK_NS) {
+            let _ = last.compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn me(&self) -> Me {
@@ -280,7 +355,13 @@ impl Membership {
             self.take_entry()?;
             return Ok(true);
         }
-        if proto::heartbeat(&self.view().members[self.index], self.id, now) {
+        let entry = &self.view().members[self.index];
+        if proto::heartbeat(entry, self.id, now) {
+            // Our own entry's role is ours alone: put back a scribbled one
+            // (peers count claiming members by role).
+            if entry.role.load(Ordering::Relaxed) != self.role {
+                entry.role.store(self.role, Ordering::Relaxed);
+            }
             self.touch(now);
             return Ok(false);
         }
@@ -556,6 +637,11 @@ impl Drop for ConsumerGroup {
 pub struct GroupConsumer {
     group: ConsumerGroup,
     consumer: Consumer,
+    /// Where this member last was on each partition it read: everything
+    /// below was delivered, so a partition taken again never starts below
+    /// it (a scribbled low committed offset would count the ring's whole
+    /// history as missed).
+    last_pos: Vec<(u32, u64)>,
 }
 
 impl std::fmt::Debug for GroupConsumer {
@@ -590,7 +676,11 @@ impl GroupConsumer {
         consumer.rr = 0;
         // The group decides the assignment; growth only triggers a rebalance.
         consumer.growth = crate::consumer::Growth::Notify;
-        let mut gc = GroupConsumer { group, consumer };
+        let mut gc = GroupConsumer {
+            group,
+            consumer,
+            last_pos: Vec::new(),
+        };
         gc.rebalance()?;
         Ok(gc)
     }
@@ -631,6 +721,12 @@ impl GroupConsumer {
         let inner = &self.group.m.topic.inner;
         let view = inner.group(self.group.m.g);
         let old = std::mem::take(&mut self.consumer.cursors);
+        for c in &old {
+            match self.last_pos.iter_mut().find(|(p, _)| *p == c.partition) {
+                Some((_, pos)) => *pos = c.next,
+                None => self.last_pos.push((c.partition, c.next)),
+            }
+        }
         let mut cursors = Vec::with_capacity(out.owned.len());
         for &p in &out.owned {
             let kept = old.iter().find(|c| c.partition == p).copied();
@@ -646,7 +742,22 @@ impl GroupConsumer {
                         // Hostile-peer repair (ring work): a committed
                         // offset beyond the write end was scribbled; waiting
                         // there would stall this member for good.
-                        Some(o) => o.min(ring::checked_latest(part.header(), &part.slots())),
+                        //
+                        // A partition this member read before and takes
+                        // again (it lost the claim to a scribbled owner
+                        // word, or rejoined): never start below where it
+                        // already was. Everything below was delivered, so a
+                        // scribbled low committed offset would only count
+                        // the ring's whole history as missed.
+                        Some(o) => o
+                            .max(kept.map_or(0, |c| c.next))
+                            .max(
+                                self.last_pos
+                                    .iter()
+                                    .find(|(q, _)| *q == p)
+                                    .map_or(0, |&(_, pos)| pos),
+                            )
+                            .min(ring::checked_latest(part.header(), &part.slots())),
                         None => {
                             // Never committed: hold a backpressure writer from
                             // here, not from offset 0.

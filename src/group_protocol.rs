@@ -37,7 +37,9 @@
 //! `generation << 32 | (member index + 1)`; low half `0` = unclaimed;
 //! low half [`SHARED`] = the partition is drained by the group's competing
 //! consumers. A claim is valid while the entry at `index` holds that
-//! generation and is not stale. Every change of owner is one CAS from the
+//! generation and is not stale. A word no step writes (bit 63 set,
+//! generation 0, a shared low half with a high half) is void: claimable
+//! like a free one, so a scribbled owner word never strands a partition. Every change of owner is one CAS from the
 //! word the claimer judged (free, void or stale) to its own word, so at any
 //! time exactly one word — exactly one owner — exists per partition; a
 //! deposed but still running member learns of it at its next check
@@ -72,8 +74,10 @@
 //! `o < min(floor of every holding group) + slots`. A group's floor
 //! ([`committed_floor`]) is its committed offset; before its first commit,
 //! where its readers started (`GroupPartition::start`, published by every
-//! seek), or the competing consumers' shared cursor; `0` only if none of
-//! these exists. It loads each word with Acquire — SYNC POINT "commit",
+//! seek), or the competing consumers' shared cursor; on a line with none
+//! of these, a group of competing consumers only (which read just the
+//! partitions they joined) does not hold the writer, any other group holds
+//! from `0` ([`blank_line_floor`]). It loads each word with Acquire — SYNC POINT "commit",
 //! paired with the Release of a commit — so a slot is overwritten only after
 //! every holding group's reader finished copying it out.
 //!
@@ -164,6 +168,10 @@ pub enum Owner {
     Free,
     /// Competing consumers share it.
     Shared,
+    /// A word no protocol step writes (a hostile or buggy peer's): bit 63
+    /// set, generation 0, or the shared low half with a non-zero high half.
+    /// Claimable like a free partition, so a scribble never strands one.
+    Void,
     /// A member claims it (its index is not checked against the table).
     Member {
         /// Member index.
@@ -175,12 +183,17 @@ pub enum Owner {
 
 /// Decode an owner word.
 pub fn decode_owner(word: u64) -> Owner {
+    // Generations are 31 bits and never 0 (`next_generation`), so bit 63 or
+    // a zero generation on a member word was not written by a claim.
+    let generation = ((word >> 32) & GEN_MASK) as u32;
     match word as u32 {
-        0 => Owner::Free,
-        SHARED => Owner::Shared,
+        0 if word == 0 => Owner::Free,
+        SHARED if word == SHARED_WORD => Owner::Shared,
+        0 | SHARED => Owner::Void,
+        _ if word >> 63 != 0 || generation == 0 => Owner::Void,
         low => Owner::Member {
             index: low as usize - 1,
-            generation: ((word >> 32) & GEN_MASK) as u32,
+            generation,
         },
     }
 }
@@ -498,7 +511,7 @@ pub fn share(
                     }
                 }
             }
-            Owner::Free => {}
+            Owner::Free | Owner::Void => {}
         }
         match gp
             .owner
@@ -556,27 +569,104 @@ pub fn claim_batch(
     cursor: u64,
     max: u64,
 ) -> Option<Batch> {
+    claim_checked(
+        gp,
+        me,
+        pending,
+        Bounds {
+            earliest,
+            cursor,
+            known: None,
+        },
+        || cursor,
+        max,
+    )
+    .batch
+}
+
+/// What a claimer knows about the shared cursor, to disbelieve a scribbled
+/// one ([`claim_checked`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// The oldest offset the ring still holds.
+    pub earliest: u64,
+    /// The writer's (checked) cursor: nothing at or beyond it is published.
+    pub cursor: u64,
+    /// An offset the shared cursor is known to have reached (the caller's
+    /// position at join, the end of its last batch, the group's committed
+    /// offset), or `None` if the caller is not positioned yet. `next` only
+    /// rises, so a `next` below it (or `0`) was scribbled.
+    pub known: Option<u64>,
+}
+
+/// The outcome of [`claim_checked`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// The batch taken, if any.
+    pub batch: Option<Batch>,
+    /// Whether the shared cursor was found scribbled (beyond the writer,
+    /// below a known position, or reset to 0) and put back: damage, to be
+    /// counted as corrupt, never as missed.
+    pub repaired: bool,
+}
+
+/// [`claim_batch`] with the caller's knowledge: a `next` beyond the writer's
+/// cursor, below `bounds.known` or `0` (once positioned) was scribbled; it is
+/// put back to the best known position (`max(known, earliest)`, capped at the
+/// cursor) by one CAS from the word judged, and `skipped` then counts only
+/// offsets the ring really lost since that known position.
+///
+/// `fresh_cursor` reads the writer's (checked) cursor again. A peer that
+/// read a newer cursor than `bounds.cursor` may have claimed beyond it
+/// honestly: a `next` beyond the snapshot is judged against a fresh read,
+/// made after `next` was loaded (Acquire; the peer read the cursor before
+/// its claim), so it is at least what the peer saw.
+pub fn claim_checked(
+    gp: &GroupPartition,
+    me: &MemberEntry,
+    pending: Option<u64>,
+    bounds: Bounds,
+    mut fresh_cursor: impl FnMut() -> u64,
+    max: u64,
+) -> Claim {
+    let Bounds {
+        earliest,
+        mut cursor,
+        known,
+    } = bounds;
     let mut current = gp.next.load(Ordering::Acquire);
     let mut wrote_intent = false;
+    let mut repaired = false;
     let result = loop {
-        if current == 0 {
+        if current == 0 && known.is_none() {
             break None;
         }
-        let n = current - 1;
-        if n > cursor {
-            // Hostile-peer repair (ring work, issue 11 defect 6): a real claim
-            // never takes the shared cursor past the writer's (`hi <=
-            // cursor`), so `next` beyond it was scribbled. Waiting for the
+        let n = current.wrapping_sub(1);
+        if current != 0 && n > cursor {
+            cursor = cursor.max(fresh_cursor());
+        }
+        let below_known = known.is_some_and(|k| current == 0 || n < k.min(cursor));
+        if current == 0 || n > cursor || below_known {
+            // Hostile-peer repair (issue 11 defect 6): a real claim never
+            // takes the shared cursor past the writer's (`hi <= cursor`) nor
+            // lowers it, so such a `next` was scribbled. Waiting for the
             // writer to get there would stall the group's competing
-            // consumers for good: put it back to the oldest retained offset
-            // (what was handed out before is unknown; at-least-once, so
-            // redeliver rather than lose).
-            let back = earliest.min(cursor).saturating_add(1);
+            // consumers for good, and counting from a wild low value would
+            // report the whole partition as missed: put it back to the best
+            // known position (what was handed out after it is unknown;
+            // at-least-once, so redeliver rather than lose).
+            let back = known
+                .map_or(earliest, |k| k.max(earliest))
+                .min(cursor)
+                .saturating_add(1);
             match gp
                 .next
                 .compare_exchange(current, back, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => current = back,
+                Ok(_) => {
+                    repaired = true;
+                    current = back;
+                }
                 Err(actual) => current = actual,
             }
             continue;
@@ -611,7 +701,10 @@ pub fn claim_batch(
         // low-water computation no longer counts it).
         finish_batch(me, pending);
     }
-    result
+    Claim {
+        batch: result,
+        repaired,
+    }
 }
 
 /// Mark the member's batch done (`pending` as in [`claim_batch`]).
@@ -750,20 +843,81 @@ pub fn abandon_adopted(m: &MemberEntry, adopted: Adopted) {
     );
 }
 
-/// The offset below which one group lets the writer overwrite: its committed
-/// offset; if it never committed, where its readers started (their seek
-/// position) or the competing consumers' shared cursor; `0` if none.
-pub fn committed_floor(gp: &GroupPartition) -> u64 {
+/// The offset below which one group lets the writer overwrite partition
+/// line `gp`: its committed offset; if it never committed, where its readers
+/// started (their seek position) or the competing consumers' shared cursor.
+/// `None` if none of these exists: then [`blank_line_floor`] decides
+/// (competing consumers of another partition only do not hold the writer;
+/// an unread line at floor `0` would stall it for good).
+pub fn committed_floor(gp: &GroupPartition) -> Option<u64> {
     // SYNC POINT "commit": pairs with the Release of a commit.
     let committed = gp.committed.load(Ordering::Acquire);
     if committed != 0 {
-        return committed - 1;
+        return Some(committed - 1);
     }
     let start = gp.start.load(Ordering::Acquire);
     if start != 0 {
-        return start - 1;
+        return Some(start - 1);
     }
-    gp.next.load(Ordering::Acquire).saturating_sub(1)
+    gp.next.load(Ordering::Acquire).checked_sub(1)
+}
+
+/// The floor of a group on a line with no commit, no start and no shared
+/// cursor ([`committed_floor`] `None`): a group of competing consumers only
+/// (every member entry in use has a non-zero role) reads just the
+/// partitions its members joined, so such a line is not read and does not
+/// hold the writer (`None`). Any other group (claiming members, or plain
+/// consumers, which are not members) reads every partition, including one
+/// just grown that nobody positioned yet: it holds from offset `0`, the
+/// start of a new partition.
+pub fn blank_line_floor(members: &[MemberEntry]) -> Option<u64> {
+    let mut any = false;
+    for m in members {
+        if token_of(m.id.load(Ordering::Acquire)) == 0 {
+            continue;
+        }
+        if m.role.load(Ordering::Relaxed) == 0 {
+            return Some(0);
+        }
+        any = true;
+    }
+    if any {
+        None
+    } else {
+        Some(0)
+    }
+}
+
+/// Hostile-peer repair of a committed offset that can only rise
+/// ([`advance_committed`]): one beyond the writer's `cursor` was never
+/// committed by a member (offsets past the write end cannot have been
+/// processed), so put it back to `truth` (the caller's own low-water mark,
+/// capped at `cursor`) by one CAS from the word judged. Returns whether it
+/// repaired (count it as damage). Call it *before* [`advance_committed`]
+/// with the same mark: a concurrent repair with an older mark that wins is
+/// then raised again (modelled under loom).
+///
+/// `cursor` is read *after* the committed offset was loaded (Acquire): a
+/// peer that committed `c` had seen the writer at `c` or beyond, so a fresh
+/// read is at least that, and an honest commit is never taken for a
+/// scribble.
+pub fn repair_committed(gp: &GroupPartition, cursor: impl FnOnce() -> u64, truth: u64) -> bool {
+    let c = gp.committed.load(Ordering::Acquire);
+    if c == 0 {
+        return false;
+    }
+    let cursor = cursor();
+    if c - 1 <= cursor {
+        return false;
+    }
+    gp.committed
+        .compare_exchange(
+            c,
+            truth.min(cursor).saturating_add(1),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_ok()
 }
 
 /// Publish where a reader of the group starts on `gp` (`offset` is its next
@@ -824,6 +978,33 @@ pub fn entry_health(word: u64, token_alive: &mut impl FnMut(u32) -> bool) -> Ent
         }
         _ => EntryHealth::Abandoned,
     }
+}
+
+/// Whether an entry word is one no protocol step writes (a hostile or
+/// buggy peer's): generation `0` (generations start at 1 and skip 0), an
+/// unknown state, INIT without a creator's token, READY or FREE with a
+/// token. Finders leave such a word to the group's live members, who put
+/// their READY word back ([`restorable`]), instead of freeing the group
+/// under them.
+pub fn impossible_entry(word: u64) -> bool {
+    let token = entry_token(word);
+    entry_generation(word) == 0
+        || match entry_state(word) {
+            group_state::INIT => token == 0,
+            group_state::READY | group_state::FREE => token != 0,
+            group_state::FREEING => false,
+            _ => true,
+        }
+}
+
+/// Whether a member that joined the group under the READY word `ours` and
+/// now finds `word` may put `ours` back: only if no protocol step writes
+/// `word` ([`impossible_entry`]). A FREE or FREEING word of the same
+/// generation (a delete) and any well-formed word of another generation
+/// (freed and reused, or being re-created by a live process) are real: the
+/// group is gone.
+pub fn restorable(word: u64, ours: u64) -> bool {
+    word != ours && impossible_entry(word)
 }
 
 fn next_entry_generation(word: u64) -> u32 {
@@ -1057,7 +1238,7 @@ mod tests {
         assert_eq!(low_water(&gp, &members, 1), Some(10));
         assert_eq!(advance_committed(&gp, 10), None);
         assert_eq!(advance_committed(&gp, 4), Some(10));
-        assert_eq!(committed_floor(&gp), 10);
+        assert_eq!(committed_floor(&gp), Some(10));
         // Lapped: the cursor skips what the ring lost.
         let c = claim_batch(&gp, &members[i], None, 14, 20, 100).unwrap();
         assert_eq!((c.lo, c.hi, c.skipped), (14, 20, 4));
@@ -1121,13 +1302,17 @@ mod tests {
     #[test]
     fn floor_falls_back_to_the_start_then_the_shared_cursor() {
         let gp = GroupPartition::new();
-        assert_eq!(committed_floor(&gp), 0);
+        assert_eq!(committed_floor(&gp), None, "an unread line holds nothing");
         gp.next.store(8, Ordering::Relaxed);
-        assert_eq!(committed_floor(&gp), 7);
+        assert_eq!(committed_floor(&gp), Some(7));
         publish_start(&gp, 40);
-        assert_eq!(committed_floor(&gp), 40);
+        assert_eq!(committed_floor(&gp), Some(40));
         advance_committed(&gp, 12);
-        assert_eq!(committed_floor(&gp), 12, "a commit wins over the start");
+        assert_eq!(
+            committed_floor(&gp),
+            Some(12),
+            "a commit wins over the start"
+        );
     }
 
     #[test]
@@ -1160,6 +1345,95 @@ mod tests {
         assert_eq!(entry_health(free, &mut |_| true), EntryHealth::Free);
         let again = claim_entry(&state, free, 9).unwrap();
         assert_ne!(entry_generation(again), entry_generation(ready));
+    }
+
+    #[test]
+    fn words_no_step_writes_are_void_or_impossible() {
+        for w in [
+            u64::MAX,
+            1 << 63,
+            0xFFFF_FFFF_0000_0000,
+            5,
+            SHARED_WORD | 1 << 32,
+        ] {
+            assert_eq!(decode_owner(w), Owner::Void, "{w:#x}");
+        }
+        let ready = entry_word(group_state::READY, 3, 0);
+        assert!(!impossible_entry(ready));
+        for w in [
+            0,
+            1,
+            2,
+            3,
+            4,
+            entry_word(group_state::INIT, 3, 0),
+            ready | 1 << 32,
+        ] {
+            assert!(restorable(w, ready), "{w:#x}");
+        }
+        // A delete (same generation) or a reuse (another one) is real.
+        for w in [
+            entry_word(group_state::FREE, 3, 0),
+            entry_word(group_state::FREEING, 3, 9),
+            entry_word(group_state::INIT, 4, 9),
+            entry_word(group_state::READY, 4, 0),
+        ] {
+            assert!(!restorable(w, ready), "{w:#x}");
+        }
+    }
+
+    #[test]
+    fn a_scribbled_shared_cursor_is_put_back_and_not_counted_missed() {
+        let members = table(1);
+        let (i, _) = join(&members, 1, 1, 1, 0).unwrap();
+        let gp = GroupPartition::new();
+        position_shared(&gp, 100);
+        let b = |known| Bounds {
+            earliest: 92,
+            cursor: 100,
+            known,
+        };
+        for wild in [0, 1, 50, 1 << 40] {
+            gp.next.store(wild, Ordering::Relaxed);
+            let c = claim_checked(&gp, &members[i], None, b(Some(95)), || 100, 8);
+            assert!(c.repaired, "{wild}");
+            let got = c.batch.unwrap();
+            assert_eq!((got.lo, got.hi, got.skipped), (95, 100, 0), "{wild}");
+            finish_batch(&members[i], None);
+        }
+        // Real loss since the known position is still counted: next 90,
+        // the ring holds 92 onwards.
+        gp.next.store(91, Ordering::Relaxed);
+        let c = claim_checked(&gp, &members[i], None, b(Some(90)), || 100, 8);
+        assert_eq!(c.batch.map(|b| b.skipped), Some(2));
+        assert!(!c.repaired);
+        finish_batch(&members[i], None);
+        // A peer that saw a newer writer cursor claimed past our snapshot:
+        // honest, not repaired.
+        gp.next.store(106, Ordering::Relaxed);
+        let c = claim_checked(&gp, &members[i], None, b(Some(90)), || 110, 8);
+        assert!(!c.repaired);
+        assert_eq!(c.batch.map(|b| (b.lo, b.hi)), Some((105, 110)));
+    }
+
+    #[test]
+    fn a_committed_offset_beyond_the_writer_comes_down() {
+        let gp = GroupPartition::new();
+        assert!(!repair_committed(&gp, || 10, 4), "nothing committed");
+        advance_committed(&gp, 1 << 40);
+        assert!(repair_committed(&gp, || 10, 4));
+        assert_eq!(committed_floor(&gp), Some(4));
+        assert!(!repair_committed(&gp, || 10, 2), "a plausible value stays");
+    }
+
+    #[test]
+    fn only_competing_groups_skip_blank_lines() {
+        let members = table(3);
+        assert_eq!(blank_line_floor(&members), Some(0), "plain consumers");
+        join(&members, 1, 1, 1, 0).unwrap();
+        assert_eq!(blank_line_floor(&members), None, "competing only");
+        join(&members, 2, 2, 0, 0).unwrap();
+        assert_eq!(blank_line_floor(&members), Some(0), "a claiming member");
     }
 
     #[test]

@@ -33,6 +33,10 @@ use crate::sync::Ordering;
 use crate::token;
 use crate::topic::TopicInner;
 
+/// How long after its last sign of life a group whose entry word was
+/// scribbled is left to its members to repair (see `Table::members_repair`).
+const REPAIR_GRACE: Duration = Duration::from_secs(10);
+
 /// How long to wait for an entry a live process is creating or freeing.
 const SETTLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -147,7 +151,7 @@ impl<'a> Table<'a> {
             }
             match proto::entry_health(w, alive) {
                 EntryHealth::Settling => std::thread::sleep(Duration::from_micros(100)),
-                EntryHealth::Abandoned => {
+                EntryHealth::Abandoned if !self.members_repair(g, w, alive) => {
                     proto::recover_entry(state, w);
                 }
                 _ => return w,
@@ -155,13 +159,34 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// Whether entry `g`'s word `w` is one no protocol step writes (a
+    /// hostile peer's) while a live member holds the entry: its members put
+    /// their READY word back at their next poll, so a finder must neither
+    /// free the entry (the group would lose its offsets and members) nor use
+    /// the word.
+    ///
+    /// "Held" also covers a group active within [`REPAIR_GRACE`]: a member
+    /// whose own id was scribbled at the same moment no longer looks live,
+    /// but it joins again and repairs the word at its next poll.
+    fn members_repair(&self, g: u32, w: u64, alive: &mut impl FnMut(u32) -> bool) -> bool {
+        if !proto::impossible_entry(w) {
+            return false;
+        }
+        let view = self.group(g);
+        let active = view.header.last_active_ns.load(Ordering::Relaxed);
+        os::now_ns().saturating_sub(active) <= REPAIR_GRACE.as_nanos() as u64
+            || proto::any_live_member(view.members, alive)
+    }
+
     /// Entry of group `group`, if it exists.
     pub(crate) fn find(&self, group: &str) -> Option<Found> {
         let mut alive = self.alive();
         (0..self.geo.group_cap).find_map(|g| {
             let w = self.settled(g, &mut alive);
-            (proto::entry_state(w) == group_state::READY && self.matches(g, w, group))
-                .then_some(Found { index: g, word: w })
+            (proto::entry_state(w) == group_state::READY
+                && !proto::impossible_entry(w)
+                && self.matches(g, w, group))
+            .then_some(Found { index: g, word: w })
         })
     }
 
@@ -189,6 +214,13 @@ impl<'a> Table<'a> {
             let h = view.header;
             let seen = h.state.load(Ordering::Acquire);
             match proto::entry_health(seen, &mut alive) {
+                // A scribbled word (a FREE of generation 0 looks like a
+                // never-used entry) over a live group: its members repair it.
+                EntryHealth::Free | EntryHealth::Abandoned
+                    if self.members_repair(g, seen, &mut alive) =>
+                {
+                    continue
+                }
                 EntryHealth::Free => {}
                 // A crashed creator's entry: take it over in place.
                 EntryHealth::Abandoned if proto::entry_state(seen) == group_state::INIT => {}
@@ -314,7 +346,9 @@ pub(crate) fn sweep(t: &Table<'_>, now: u64) -> Vec<FreedGroup> {
         let state = &view.header.state;
         let w = state.load(Ordering::Acquire);
         match proto::entry_health(w, &mut alive) {
-            EntryHealth::Abandoned if proto::recover_entry(state, w) => {
+            EntryHealth::Abandoned
+                if !t.members_repair(g, w, &mut alive) && proto::recover_entry(state, w) =>
+            {
                 freed.push(FreedGroup {
                     index: g,
                     name: String::new(),

@@ -473,7 +473,10 @@ impl Region {
         // the pointer is derived from the mapping's raw base, not from a shared
         // reference. The entry is in INIT state and owned by this process;
         // readers read the name only after loading READY with Acquire, and a
-        // buggy peer reading early sees only bytes (valid for u8/u32).
+        // buggy peer reading early sees only bytes (valid for u8/u32). (Also
+        // called by a member of the READY group to put back a scribbled name,
+        // the same bytes: a finder reading meanwhile sees a mix of bytes, as
+        // it would see the scribble; lengths are clamped by every reader.)
         unsafe {
             let ptr = self.map.as_ptr().add(base).cast::<GroupHeader>();
             std::ptr::addr_of_mut!((*ptr).name_len).write_volatile(name.len() as u32);

@@ -142,7 +142,7 @@ fn handover_model() {
             got = true;
             assert_eq!(
                 proto::committed_floor(&g.parts[0]),
-                5,
+                Some(5),
                 "{VIOLATION}: new owner does not see the previous owner's commit"
             );
             break;
@@ -229,7 +229,7 @@ fn competing_model() {
     );
     assert_eq!(
         proto::committed_floor(&g.parts[0]),
-        PUBLISHED,
+        Some(PUBLISHED),
         "{VIOLATION}: committed not advanced to the end (next {}, work_lo {} {})",
         g.parts[0].next.load(Ordering::Relaxed),
         g.members[0].work_lo.load(Ordering::Relaxed),
@@ -402,4 +402,83 @@ fn free_vs_join_model() {
 #[test]
 fn group_free_vs_join() {
     check("group_free_vs_join", free_vs_join_model);
+}
+
+/// Hostile-peer repairs of the competing consumers' words: the shared
+/// cursor was scribbled to `0` and the committed offset to far beyond the
+/// writer before two members start. Each repairs what it finds
+/// (`claim_checked` with its known position, `repair_committed` before
+/// `advance_committed`): every offset still goes to exactly one member, and
+/// the committed offset ends at the writer's end, neither stuck high nor
+/// left low by a repair with an older low-water mark.
+fn competing_repair_model() {
+    let g = Arc::new(Group::new(2, 1));
+    let role = 1;
+    g.seat(0, 1, NOW, role);
+    g.seat(1, 2, NOW, role);
+    proto::position_shared(&g.parts[0], 0);
+    // The scribbles.
+    g.parts[0].next.store(0, Ordering::Relaxed);
+    g.parts[0].committed.store(1 << 40, Ordering::Relaxed);
+    let done: Arc<Vec<AtomicBool>> =
+        Arc::new((0..PUBLISHED).map(|_| AtomicBool::new(false)).collect());
+    let worker = |i: usize| {
+        let g = g.clone();
+        let done = done.clone();
+        thread::spawn(move || {
+            let me = &g.members[i];
+            let gp = &g.parts[0];
+            let mut known = 0;
+            let commit = || {
+                if let Some(lw) = proto::low_water(gp, &g.members, role) {
+                    let lw = lw.min(PUBLISHED);
+                    proto::repair_committed(gp, || PUBLISHED, lw);
+                    proto::advance_committed(gp, lw);
+                }
+            };
+            loop {
+                let bounds = proto::Bounds {
+                    earliest: 0,
+                    cursor: PUBLISHED,
+                    known: Some(known),
+                };
+                let Some(b) = proto::claim_checked(gp, me, None, bounds, || PUBLISHED, 2).batch
+                else {
+                    break;
+                };
+                known = known.max(b.hi);
+                for o in b.lo..b.hi {
+                    let was = done[o as usize].swap(true, Ordering::Release);
+                    assert!(!was, "{VIOLATION}: offset {o} delivered twice");
+                }
+                proto::finish_batch(me, None);
+                commit();
+            }
+            proto::finish_batch(me, None);
+            commit();
+        })
+    };
+    let w0 = worker(0);
+    let w1 = worker(1);
+    w0.join().unwrap();
+    w1.join().unwrap();
+    for (o, d) in done.iter().enumerate() {
+        assert!(
+            d.load(Ordering::Acquire),
+            "{VIOLATION}: offset {o} never delivered"
+        );
+    }
+    assert_eq!(
+        proto::committed_floor(&g.parts[0]),
+        Some(PUBLISHED),
+        "{VIOLATION}: committed not repaired to the end"
+    );
+}
+
+#[test]
+fn group_competing_repairs_scribbled_words() {
+    check(
+        "group_competing_repairs_scribbled_words",
+        competing_repair_model,
+    );
 }
