@@ -410,7 +410,7 @@ fn scribbled_shared_owner_word_is_reclaimed() {
         let t = mgr.create("o", parts_cfg(Overflow::Overwrite, 2)).unwrap();
         let mut m = shmq::ConsumerGroup::join(&t, "members", GroupOptions::default()).unwrap();
         assert_eq!(m.claim().unwrap(), vec![0, 1]);
-        let meta = Map::open(&shmq::name::meta_region(g.ns(), "o"));
+        let meta = Map::open(&shmq::protocol::name::meta_region(g.ns(), "o"));
         for word in [u64::MAX, 1 << 63, 0xFFFF_FFFF_0000_0000] {
             meta.u64_at(gline(1) + 8).store(word, Ordering::SeqCst);
             assert!(!m.owns(1));
@@ -434,7 +434,7 @@ fn scribbled_group_state_and_name_are_repaired_by_members() {
         let t = mgr.create("s", parts_cfg(Overflow::Overwrite, 1)).unwrap();
         let mut p = Producer::new(&t).unwrap();
         let mut c = GroupConsumer::join(&t, "members", GroupOptions::default()).unwrap();
-        let meta = Map::open(&shmq::name::meta_region(g.ns(), "s"));
+        let meta = Map::open(&shmq::protocol::name::meta_region(g.ns(), "s"));
         let state = meta.u64_at(META_HEADER);
         let ready = state.load(Ordering::SeqCst);
         let mut sent = 0u64;
@@ -507,7 +507,7 @@ fn scribbled_last_active_is_put_back_by_a_member() {
             .create("a", parts_cfg(Overflow::Backpressure, 1))
             .unwrap();
         let mut m = shmq::ConsumerGroup::join(&t, "members", GroupOptions::default()).unwrap();
-        let meta = Map::open(&shmq::name::meta_region(g.ns(), "a"));
+        let meta = Map::open(&shmq::protocol::name::meta_region(g.ns(), "a"));
         let last = meta.u64_at(META_HEADER + 56);
         last.store(u64::MAX, Ordering::SeqCst);
         m.heartbeat().unwrap();
@@ -541,7 +541,7 @@ fn scribbled_committed_of_competing_group_comes_back_down() {
         assert_eq!(c.poll(8).unwrap().records.len(), 4);
         c.commit().unwrap();
         assert_eq!(c.committed(), Some(4));
-        let meta = Map::open(&shmq::name::meta_region(g.ns(), "b"));
+        let meta = Map::open(&shmq::protocol::name::meta_region(g.ns(), "b"));
         for (field, word) in [(0, 1u64 << 40), (0, u64::MAX), (16, 1 << 50)] {
             meta.u64_at(gline(0) + field).store(word, Ordering::SeqCst);
             c.commit().unwrap();
@@ -574,7 +574,7 @@ fn scribbled_low_shared_next_is_not_counted_as_missed() {
         let t = mgr.create("c", parts_cfg(Overflow::Overwrite, 1)).unwrap();
         let mut p = Producer::new(&t).unwrap();
         let mut c = CompetingConsumer::join(&t, "workers", 0, GroupOptions::default()).unwrap();
-        let meta = Map::open(&shmq::name::meta_region(g.ns(), "c"));
+        let meta = Map::open(&shmq::protocol::name::meta_region(g.ns(), "c"));
         let mut sent = 0u64;
         for word in [1u64, 0, 2, 0] {
             for _ in 0..100 {
@@ -809,7 +809,7 @@ fn consumer_role(ns: &str, topic: &str, kind: &str, secs: u64) {
                 (0..PARTS).map(|p| c.position(p)).collect::<Vec<_>>()
             );
             if last_error.is_some() {
-                let meta = Map::open(&shmq::name::meta_region(ns, topic));
+                let meta = Map::open(&shmq::protocol::name::meta_region(ns, topic));
                 let gsize = group_size(layout::DEFAULT_MAX_PARTITIONS.max(PARTS), MEMBER_CAPACITY);
                 for g in 0..4 {
                     let base = META_HEADER + g * gsize;
