@@ -151,34 +151,7 @@ impl TopicManager {
         let mut parts = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
             let pname = name::partition_region(&self.ns, topic, p);
-            let created = match Region::create_partition(
-                &pname,
-                geo,
-                p,
-                config.overflow.code(),
-                config.mode,
-                now,
-                ttl,
-                0,
-            ) {
-                Err(Error::Os(e)) if e.errno == nix::errno::Errno::EEXIST => {
-                    // We hold the meta name exclusively, so this is an orphan of
-                    // an earlier topic: fence whoever still maps it, then replace.
-                    retire(&pname).and_then(|_| {
-                        Region::create_partition(
-                            &pname,
-                            geo,
-                            p,
-                            config.overflow.code(),
-                            config.mode,
-                            now,
-                            ttl,
-                            0,
-                        )
-                    })
-                }
-                r => r,
-            };
+            let created = create_partition_region(&pname, geo, p, &config, ttl, 0);
             match created {
                 Ok(r) => parts.push(Partition { region: r, geo }),
                 Err(e) => {
@@ -437,6 +410,40 @@ impl TopicManager {
                 _ => None,
             })
             .collect())
+    }
+}
+
+/// Create partition region `p` (`pname`) owned by `writer` (`0` = no
+/// writer yet). A region already under that name is an orphan, since the
+/// caller holds the topic's meta name (create) or the growth claim
+/// exclusively, so nobody can have attached it as a live partition: fence
+/// whoever still maps it, then replace it.
+fn create_partition_region(
+    pname: &str,
+    geo: Geometry,
+    p: u32,
+    config: &TopicConfig,
+    ttl: u64,
+    writer: u64,
+) -> Result<Region> {
+    let create = || {
+        Region::create_partition(
+            pname,
+            geo,
+            p,
+            config.overflow.code(),
+            config.mode,
+            os::now_ns(),
+            ttl,
+            writer,
+        )
+    };
+    match create() {
+        Err(Error::Os(e)) if e.errno == nix::errno::Errno::EEXIST => {
+            retire(pname)?;
+            create()
+        }
+        r => r,
     }
 }
 
@@ -754,25 +761,7 @@ impl TopicInner {
             .retention
             .as_nanos()
             .min(u128::from(u64::MAX / 4)) as u64;
-        let create = || {
-            Region::create_partition(
-                &pname,
-                self.geo,
-                p,
-                self.config.overflow.code(),
-                self.config.mode,
-                os::now_ns(),
-                ttl,
-                writer,
-            )
-        };
-        match create() {
-            Err(Error::Os(e)) if e.errno == nix::errno::Errno::EEXIST => {
-                retire(&pname)?;
-                create()
-            }
-            r => r,
-        }
+        create_partition_region(&pname, self.geo, p, &self.config, ttl, writer)
     }
 
     pub(crate) fn reclaimed(&self) -> bool {
