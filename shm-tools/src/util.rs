@@ -201,6 +201,20 @@ pub fn plural(n: u64, noun: &str) -> String {
     }
 }
 
+/// Parse a message size for `--size`: a number of bytes in `min ..= max`.
+/// `carries` says what a message must hold (why `min`), for the error.
+pub fn parse_size_in(s: &str, min: usize, max: usize, carries: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number of bytes"))?;
+    if !(min..=max).contains(&n) {
+        return Err(format!(
+            "size {n}: must be {min} ..= {max} bytes ({carries})"
+        ));
+    }
+    Ok(n)
+}
+
 /// A byte count for people: `512 B`, `35.1 KiB`, `4.0 MiB`, `1.50 GiB`.
 pub fn human_bytes(n: u64) -> String {
     const KIB: u64 = 1 << 10;

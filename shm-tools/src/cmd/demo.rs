@@ -89,15 +89,12 @@ pub enum Fault {
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
-    let n: usize = s
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected a number of bytes"))?;
-    if !(MIN_SIZE..=1 << 20).contains(&n) {
-        return Err(format!(
-            "size {n}: must be {MIN_SIZE} ..= 1048576 bytes (a message carries a sequence number, a timestamp and a checksum)"
-        ));
-    }
-    Ok(n)
+    crate::util::parse_size_in(
+        s,
+        MIN_SIZE,
+        1 << 20,
+        "a message carries a sequence number, a timestamp and a checksum",
+    )
 }
 
 /// Arguments of `shmq demo`.

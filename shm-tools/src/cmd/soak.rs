@@ -99,15 +99,12 @@ pub enum Role {
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
-    let n: usize = s
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected a number of bytes"))?;
-    if !(MIN_SIZE..=65536).contains(&n) {
-        return Err(format!(
-            "size {n}: must be {MIN_SIZE} ..= 65536 bytes (a record carries its partition, producer instance, sequence number and checksum)"
-        ));
-    }
-    Ok(n)
+    crate::util::parse_size_in(
+        s,
+        MIN_SIZE,
+        65536,
+        "a record carries its partition, producer instance, sequence number and checksum",
+    )
 }
 
 /// Arguments of `shmq soak`.
