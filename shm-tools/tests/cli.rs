@@ -2,126 +2,14 @@
 //! test works in its own namespace and checks that nothing of it is left in
 //! `/dev/shm` afterwards.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_shmq");
-
-/// A namespace private to one test; asserts on drop that it left nothing.
-struct Ns(String);
-
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let ns = format!(
-            "cli{}{}{}",
-            std::process::id(),
-            tag,
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        assert!(ns.len() <= 32, "namespace {ns} too long");
-        Ns(ns)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("SHMQ_NAMESPACE", &self.0).args(args);
-        c
-    }
-
-    /// Run with `stdin` as input; return the output.
-    fn run_with(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn shmq");
-        // A command that fails before reading its input closes the pipe.
-        match child.stdin.take().unwrap().write_all(stdin) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("write stdin: {e}"),
-            _ => {}
-        }
-        child.wait_with_output().expect("wait for shmq")
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.run_with(args, b"")
-    }
-
-    /// Run and require success; return stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_with(args, b"")
-    }
-
-    fn ok_with(&self, args: &[&str], stdin: &[u8]) -> String {
-        let out = self.run_with(args, stdin);
-        assert!(
-            out.status.success(),
-            "shmq {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 stdout")
-    }
-
-    /// Run, require exit code `code`, return stderr.
-    fn fails(&self, args: &[&str], stdin: &[u8], code: i32) -> String {
-        let out = self.run_with(args, stdin);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "shmq {args:?}: expected exit code {code}, got {} (stderr: {err})",
-            out.status
-        );
-        err
-    }
-
-    fn files(&self) -> Vec<String> {
-        shm_files(&format!("shmq.{}.", self.0))
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        // A `shmq` process that exits while its lease-renewal thread holds
-        // the topic for a tick leaves its (dead, unlocked) liveness-token
-        // file behind, exactly like a crash; remove those as the supervisor
-        // would. Anything else left is a bug.
-        for f in self.files() {
-            if let Some(shmq::protocol::name::RegionName::Token { id }) =
-                shmq::protocol::name::parse(&self.0, &f)
-            {
-                if shmq::protocol::token::probe(&self.0, id).is_dead() {
-                    let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
-                }
-            }
-        }
-        let left = self.files();
-        // Remove leftovers so one failure does not litter /dev/shm ...
-        for f in &left {
-            let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
-        }
-        // ... but a passing test must not have left any.
-        if !std::thread::panicking() {
-            assert!(left.is_empty(), "left in /dev/shm: {left:?}");
-        }
-    }
-}
-
-fn shm_files(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/dev/shm")
-        .expect("list /dev/shm")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(prefix))
-        .collect()
-}
+mod common;
+use common::{shm_files, Ns, BIN};
 
 fn json_lines(s: &str) -> Vec<Value> {
     s.lines()

@@ -3,106 +3,20 @@
 //! started at `latest` must not block a backpressure producer), readers
 //! without `--commit` take no group entry, `group list` / `group delete`.
 
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shmq::{Error, GroupConsumer, GroupOptions, TopicManager};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shmq");
+mod common;
+use common::Ns;
 
-/// A namespace private to one test; asserts on drop that it left nothing.
-struct Ns(String);
-
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let ns = format!(
-            "gc{}{}{}",
-            std::process::id(),
-            tag,
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        assert!(ns.len() <= 32, "namespace {ns} too long");
-        Ns(ns)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("SHMQ_NAMESPACE", &self.0).args(args);
-        c
-    }
-
-    fn run_with(&self, args: &[&str], stdin: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn shmq");
-        let _ = child.stdin.take().unwrap().write_all(stdin);
-        child.wait_with_output().expect("wait for shmq")
-    }
-
-    fn code(&self, args: &[&str], stdin: &[u8]) -> (Option<i32>, String, String) {
-        let out = self.run_with(args, stdin);
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok_with(&self, args: &[&str], stdin: &[u8]) -> String {
-        let (code, out, err) = self.code(args, stdin);
-        assert_eq!(code, Some(0), "shmq {args:?} failed: {err}");
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_with(args, b"")
-    }
-
-    fn groups(&self, topic: &str) -> Vec<Value> {
-        let v: Value =
-            serde_json::from_str(&self.ok(&["group", "list", topic, "--format", "json"]))
-                .expect("group list JSON");
-        v["groups"].as_array().expect("groups").clone()
-    }
-
-    fn files(&self) -> Vec<String> {
-        let prefix = format!("shmq.{}.", self.0);
-        std::fs::read_dir("/dev/shm")
-            .expect("list /dev/shm")
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix))
-            .collect()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["delete", "t"]).output();
-        for f in self.files() {
-            if let Some(shmq::protocol::name::RegionName::Token { id }) =
-                shmq::protocol::name::parse(&self.0, &f)
-            {
-                if shmq::protocol::token::probe(&self.0, id).is_dead() {
-                    let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
-                }
-            }
-        }
-        let left = self.files();
-        for f in &left {
-            let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
-        }
-        if !std::thread::panicking() {
-            assert!(left.is_empty(), "left in /dev/shm: {left:?}");
-        }
-    }
+/// The topic's groups, from `shmq group list --format json`.
+fn groups(ns: &Ns, topic: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&ns.ok(&["group", "list", topic, "--format", "json"]))
+        .expect("group list JSON");
+    v["groups"].as_array().expect("groups").clone()
 }
 
 fn interrupt(child: &mut Child) {
@@ -129,7 +43,7 @@ fn lines(n: usize) -> Vec<u8> {
 /// go through (it timed out with exit 9).
 #[test]
 fn a_latest_follower_that_never_committed_does_not_block_produce() {
-    let ns = Ns::new("tail");
+    let ns = Ns::new("tail").deleting_on_drop("t");
     ns.ok(&[
         "create",
         "t",
@@ -153,7 +67,7 @@ fn a_latest_follower_that_never_committed_does_not_block_produce() {
         .spawn()
         .expect("spawn follower");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !ns.groups("t").iter().any(|g| g["name"] == "tail") {
+    while !groups(&ns, "t").iter().any(|g| g["name"] == "tail") {
         assert!(Instant::now() < deadline, "the follower never registered");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -171,7 +85,7 @@ fn a_latest_follower_that_never_committed_does_not_block_produce() {
 /// (exit 10) unless `--force`, and the member then gets `GroupDeleted`.
 #[test]
 fn group_list_and_delete() {
-    let ns = Ns::new("del");
+    let ns = Ns::new("del").deleting_on_drop("t");
     ns.ok(&["create", "t", "--partitions", "2", "--max-groups", "4"]);
     ns.ok_with(&["produce", "t"], &lines(6));
     // Readers: nothing registered, whatever --from.
@@ -185,14 +99,14 @@ fn group_list_and_delete() {
         ns.ok(&["consume", "t", "--group", "audit"]).lines().count(),
         6
     );
-    assert!(ns.groups("t").is_empty(), "a reader took a group entry");
+    assert!(groups(&ns, "t").is_empty(), "a reader took a group entry");
     // --commit registers; a later reader of the group starts at its offsets.
     ns.ok(&["consume", "t", "--group", "audit", "--commit", "--max", "2"]);
     assert_eq!(
         ns.ok(&["consume", "t", "--group", "audit"]).lines().count(),
         4
     );
-    let g = ns.groups("t");
+    let g = groups(&ns, "t");
     assert_eq!(g.len(), 1);
     assert_eq!(
         (g[0]["name"].as_str(), g[0]["lag"].as_u64()),
@@ -204,8 +118,7 @@ fn group_list_and_delete() {
     let mgr = TopicManager::with_namespace(&ns.0).unwrap();
     let topic = mgr.open("t").unwrap();
     let mut member = GroupConsumer::join(&topic, "busy", GroupOptions::default()).unwrap();
-    let busy = ns
-        .groups("t")
+    let busy = groups(&ns, "t")
         .into_iter()
         .find(|g| g["name"] == "busy")
         .expect("busy listed");
@@ -223,15 +136,15 @@ fn group_list_and_delete() {
         err.contains("live members") && err.contains("--force"),
         "{err}"
     );
-    assert!(ns.groups("t").iter().any(|g| g["name"] == "busy"));
+    assert!(groups(&ns, "t").iter().any(|g| g["name"] == "busy"));
     ns.ok(&["group", "delete", "t", "busy", "--force"]);
-    assert!(!ns.groups("t").iter().any(|g| g["name"] == "busy"));
+    assert!(!groups(&ns, "t").iter().any(|g| g["name"] == "busy"));
     assert!(matches!(member.poll(1), Err(Error::GroupDeleted { .. })));
     drop(member);
 
     // No live member: deleted without --force; then it is gone (exit 3).
     ns.ok(&["group", "delete", "t", "audit"]);
-    assert!(ns.groups("t").is_empty());
+    assert!(groups(&ns, "t").is_empty());
     let (code, _, err) = ns.code(&["group", "delete", "t", "audit"], b"");
     assert_eq!(code, Some(3), "{err}");
     drop((topic, mgr));
