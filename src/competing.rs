@@ -323,6 +323,7 @@ impl CompetingConsumer {
     pub fn poll(&mut self, max: usize) -> Result<Polled> {
         self.commit()?;
         if self.m.heartbeat()? {
+            tracing::warn!(topic = %self.m.topic.inner.name, partition = self.partition, "shmq: this competing consumer was evicted as stale; joining again");
             // We had stalled and were evicted: a peer adopted our batch
             // (including anything we meant to redeliver).
             self.retry.clear();
@@ -391,6 +392,9 @@ impl CompetingConsumer {
             }
         }
         self.in_progress = !out.is_empty();
+        if out.corrupt > 0 {
+            tracing::warn!(topic = %self.m.topic.inner.name, partition = self.partition, corrupt = out.corrupt, "shmq: skipped malformed records");
+        }
         Ok(out)
     }
 

@@ -607,6 +607,9 @@ impl Consumer {
             out.corrupt = out.corrupt.saturating_add(damage);
         }
         self.rr = (start + 1) % n;
+        if out.corrupt > 0 {
+            tracing::warn!(topic = %self.topic.inner.name, corrupt = out.corrupt, "shmq: skipped malformed records");
+        }
         Ok(out)
     }
 

@@ -524,11 +524,15 @@ impl ConsumerGroup {
                 alive,
             ) {
                 Ok(out) => {
+                    if out.evicted > 0 {
+                        tracing::info!(topic = %inner.name, evicted = out.evicted, "shmq: evicted stale group members");
+                    }
                     self.owned.clone_from(&out.owned);
                     self.last_claim_ns = now;
                     return Ok(out);
                 }
                 Err(proto::Evicted) if !rejoined => {
+                    tracing::warn!(topic = %inner.name, "shmq: this group member was evicted as stale; joining again");
                     rejoined = true;
                     self.m.active = false;
                     self.m.rejoins += 1;

@@ -183,6 +183,7 @@ impl Producer {
                 Ok(claimed) => {
                     if claimed.took_over_from.is_some() {
                         hdr.takeovers.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(topic = %inner.name, partition = p, from_token = claimed.took_over_from, epoch = writer_lease::unpack(claimed.word).0, "shmq: took over the partition of a dead writer");
                     }
                     Ok(Ok(resume(p, claimed.word)?))
                 }

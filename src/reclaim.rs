@@ -285,6 +285,9 @@ pub fn reap(ns: &str, opts: ReapOptions) -> Result<ReapReport> {
             }
         }
     }
+    for a in &report.actions {
+        tracing::info!(namespace = ns, dry_run = opts.dry_run, kind = a.kind(), action = ?a, "shmq: reclaim");
+    }
     Ok(report)
 }
 

@@ -774,6 +774,7 @@ impl TopicInner {
 
     /// The API error for a refused ring write on `partition`.
     pub(crate) fn write_error(&self, partition: u32, e: crate::ring::WriteError) -> Error {
+        tracing::warn!(topic = %self.name, partition, refusal = ?e, "shmq: write refused (fenced by a new writer, or the lease expired)");
         match e {
             crate::ring::WriteError::Fenced { current } => Error::Fenced {
                 topic: self.name.clone(),

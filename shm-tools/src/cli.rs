@@ -29,6 +29,10 @@ pub struct Cli {
     /// The verb.
     #[command(subcommand)]
     pub command: Command,
+    /// Format of the structured logs on stderr (levels from RUST_LOG, e.g.
+    /// RUST_LOG=info; quiet by default).
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text, env = "SHMQ_LOG_FORMAT")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// Output format for listings.
@@ -101,6 +105,14 @@ pub enum Command {
     ///
     /// Example: shmq soak --duration 60s
     Soak(crate::cmd::soak::SoakArgs),
+    /// Serve Prometheus metrics of the namespace (or all) over HTTP.
+    ///
+    /// Example: shmq metrics --listen 127.0.0.1:9898 --all-namespaces
+    Metrics(crate::cmd::metrics::MetricsArgs),
+    /// Live terminal view: rates, lag per group, writers, leases.
+    ///
+    /// Example: shmq top --all-namespaces; shmq top --once --format json
+    Top(crate::cmd::top::TopArgs),
 }
 
 /// Output format option shared by several verbs.

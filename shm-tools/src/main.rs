@@ -4,6 +4,7 @@
 mod cli;
 mod cmd;
 mod error;
+mod logging;
 mod util;
 
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    logging::init(cli.log_format);
     match cmd::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,

@@ -8,10 +8,13 @@ pub mod demo;
 pub mod group;
 pub mod info;
 pub mod list;
+pub mod metrics;
+pub mod observe;
 pub mod produce;
 pub mod reap;
 pub mod soak;
 pub mod supervise;
+pub mod top;
 
 use crate::cli::{Cli, Command};
 use crate::error::CliResult;
@@ -36,5 +39,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::DemoConsumer(a) => demo::run_consumer(&ns, a),
         Command::Group(a) => group::run(&ns, a),
         Command::Soak(a) => soak::run(&ns, a),
+        Command::Metrics(a) => metrics::run(&ns, a),
+        Command::Top(a) => top::run(&ns, a),
     }
 }

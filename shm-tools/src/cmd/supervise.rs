@@ -59,6 +59,7 @@ pub fn run(ns: &str, args: SuperviseArgs) -> CliResult {
         "shmq supervise: watching {scope} every {:?} (grace {:?})",
         args.interval, args.grace
     );
+    tracing::info!(scope = %scope, interval = ?args.interval, grace = ?args.grace, force = args.force, "supervisor started");
     let mut passes = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
@@ -66,6 +67,7 @@ pub fn run(ns: &str, args: SuperviseArgs) -> CliResult {
         // never fatal: the supervisor must outlive transient trouble.
         match super::reap::pass(ns, args.all_namespaces, opts) {
             Ok(reports) => {
+                tracing::debug!(pass = passes + 1, namespaces = reports.len(), actions = reports.iter().map(|r| r.actions.len()).sum::<usize>(), took = ?started.elapsed(), "supervisor pass");
                 for r in &reports {
                     for a in &r.actions {
                         let mut out = std::io::stdout().lock();
@@ -80,7 +82,10 @@ pub fn run(ns: &str, args: SuperviseArgs) -> CliResult {
                     }
                 }
             }
-            Err(e) => eprintln!("shmq supervise: pass failed: {e}"),
+            Err(e) => {
+                tracing::warn!(error = %e, "supervisor pass failed");
+                eprintln!("shmq supervise: pass failed: {e}")
+            }
         }
         passes += 1;
         if args.passes.is_some_and(|n| passes >= n) {
@@ -91,6 +96,7 @@ pub fn run(ns: &str, args: SuperviseArgs) -> CliResult {
             std::thread::sleep(Duration::from_millis(20).min(args.interval));
         }
     }
+    tracing::info!(passes, "supervisor stopped");
     eprintln!("shmq supervise: stopped after {passes} passes");
     Ok(())
 }
