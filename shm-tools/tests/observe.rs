@@ -243,7 +243,10 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 fn metrics_follow_a_live_bus_and_change_nothing() {
     let ns = Ns::new("me").deleting_on_drop("orders");
     let n = ns.0.clone();
-    manual(&n).create("orders", small()).unwrap();
+    // A short lease (retention) so that any renewal would show.
+    manual(&n)
+        .create("orders", small().retention(Duration::from_secs(4)))
+        .unwrap();
     let server = Server::start(&ns, &[]);
     let mut producer = ChildProc::spawn("produce", &n, "orders", None);
     let mut g1 = ChildProc::spawn("group", &n, "orders", Some("g1"));
@@ -264,7 +267,7 @@ fn metrics_follow_a_live_bus_and_change_nothing() {
     assert_eq!(sum(&s, "shmq_namespace_topics", &[]), 1.0);
     assert_eq!(sum(&s, "shmq_namespace_regions", &[]), 3.0);
     assert!(sum(&s, "shmq_namespace_shm_bytes", &[]) >= 2.0 * 1024.0 * 64.0);
-    assert!(sum(&s, "shmq_namespace_live_tokens", &[]) >= 4.0); // 3 children + observer
+    assert!(sum(&s, "shmq_namespace_live_tokens", &[]) >= 3.0); // 3 children (+ the observer after its first look)
     assert_eq!(sum(&s, "shmq_topic_up", &t), 1.0);
     assert_eq!(sum(&s, "shmq_topic_partitions", &t), 2.0);
     assert_eq!(count(&s, "shmq_partition_write_offset_total"), 2);
@@ -316,12 +319,18 @@ fn metrics_follow_a_live_bus_and_change_nothing() {
     producer.kill();
     g1.kill();
     let before = state_of(&n, "orders");
-    for _ in 0..3 {
-        let s = parse(&server.scrape());
-        assert_eq!(sum(&s, "shmq_partition_writer_alive", &t), 0.0);
-        std::thread::sleep(Duration::from_millis(30));
+    // A fresh observer too: opening a topic is where a renewing user
+    // would renew; the 4 s lease gives a renewer a tick each second.
+    let fresh = Server::start(&ns, &[]);
+    for _ in 0..6 {
+        for srv in [&server, &fresh] {
+            let s = parse(&srv.scrape());
+            assert_eq!(sum(&s, "shmq_partition_writer_alive", &t), 0.0);
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
     let after = state_of(&n, "orders");
+    fresh.stop();
     assert_eq!(before, after, "a scrape changed the topic's state");
 
     // Other paths answer too.
@@ -469,6 +478,10 @@ fn top_in_a_terminal() {
             "{screen}"
         );
         assert!(screen.contains(&format!("in/s of {key}")), "{screen}");
+        // A few seconds of history for the sparkline.
+        let screen = tmux.wait_screen(session, "3 s of rate history", |s| {
+            s.contains("(last 3 s)") && in_rate_of(s, &key).is_some_and(|r| r != "0")
+        });
         assert_eq!(
             tmux.run(&["display-message", "-p", "-t", session, "#{alternate_on}"])
                 .trim(),
