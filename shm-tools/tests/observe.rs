@@ -830,3 +830,43 @@ fn scrape_cost() {
         manual(&ns.0).delete(name).unwrap();
     }
 }
+
+/// The operator examples (Grafana dashboard, Prometheus alerts) name only
+/// metrics that `shmq metrics` serves.
+#[test]
+fn ops_examples_name_real_metrics() {
+    let ns = Ns::new("ox").deleting_on_drop("t");
+    let t = manual(&ns.0).create("t", small()).unwrap();
+    let mut p = Producer::new(&t).unwrap();
+    p.send(b"x").unwrap();
+    drop(p);
+    let mut c = GroupConsumer::join(&t, "g", GroupOptions::default()).unwrap();
+    c.poll(10).unwrap();
+    c.commit().unwrap();
+    drop(c);
+    let served = parse(&ns.ok(&["metrics", "--once"]));
+    let mut names: Vec<String> = served.keys().map(|(m, _)| m.clone()).collect();
+    // `--once` has no previous scrape to report the cost of.
+    names.push("shmq_scrape_duration_seconds".into());
+    let ops = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ops");
+    let dashboard = std::fs::read_to_string(format!("{ops}/grafana-dashboard.json")).unwrap();
+    let dash: Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(dash["panels"].as_array().unwrap().len() >= 8);
+    let alerts = std::fs::read_to_string(format!("{ops}/shmq-alerts.yml")).unwrap();
+    let scrape = std::fs::read_to_string(format!("{ops}/prometheus.yml")).unwrap();
+    assert!(scrape.contains("metrics_path: /metrics") && scrape.contains("shmq-alerts.yml"));
+    let mut used = 0;
+    for text in [&dashboard, &alerts] {
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("shmq_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(names.contains(&name), "{name} is not served: {names:?}");
+            used += 1;
+            rest = &rest[i + name.len()..];
+        }
+    }
+    assert!(used >= 15, "only {used} metric references");
+}
