@@ -88,7 +88,7 @@ impl App {
         match self.sort {
             Sort::Name => {}
             Sort::In => rows.sort_by(|a, b| b.in_rate.total_cmp(&a.in_rate)),
-            Sort::Lag => rows.sort_by(|a, b| b.max_lag.cmp(&a.max_lag)),
+            Sort::Lag => rows.sort_by_key(|r| std::cmp::Reverse(r.max_lag)),
         }
         rows
     }
