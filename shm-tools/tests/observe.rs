@@ -374,6 +374,38 @@ fn metrics_all_namespaces_and_once() {
         ),
         1.0
     );
+    // A serving observer lets go of a deleted topic and of its namespace.
+    let server = Server::start(&a, &["--all-namespaces"]);
+    let s = parse(&server.scrape());
+    assert_eq!(sum(&s, "shmq_topic_up", &[("namespace", &b.0)]), 1.0);
+    assert!(manual(&b.0).delete("beta").unwrap());
+    // The first look after the delete lets go; the next shows it gone.
+    parse(&server.scrape());
+    assert_eq!(
+        b.files(),
+        Vec::<String>::new(),
+        "the observer kept something"
+    );
+    let s = parse(&server.scrape());
+    assert!(
+        !s.keys()
+            .any(|(_, l)| l.iter().any(|(k, v)| k == "namespace" && v == &b.0)),
+        "deleted namespace still reported"
+    );
+    assert_eq!(
+        b.files(),
+        Vec::<String>::new(),
+        "the observer kept something"
+    );
+    assert_eq!(
+        sum(
+            &s,
+            "shmq_topic_up",
+            &[("namespace", &a.0), ("topic", "alpha")]
+        ),
+        1.0
+    );
+    server.stop();
 }
 
 /// A private tmux server, killed on drop.

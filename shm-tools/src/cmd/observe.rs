@@ -189,8 +189,13 @@ impl Observer {
             }
             namespaces.push(snap);
         }
-        // Unmap topics that are gone.
+        // Unmap topics that are gone, and give up the token of a namespace
+        // where nothing is open any more (so an observer leaves nothing in
+        // a namespace whose topics were all deleted).
         self.open.retain(|k, _| seen.contains(k));
+        let open = &self.open;
+        self.managers
+            .retain(|ns, _| open.keys().any(|(n, _)| n == ns));
         Ok(Snapshot {
             at: Instant::now(),
             now_ns: unix_ns(),
