@@ -8,7 +8,8 @@
 //! Quiet by default: only errors, of which the library emits none, so a
 //! command prints exactly what it printed before. `RUST_LOG` picks levels
 //! and targets in the usual `tracing-subscriber` syntax
-//! (`RUST_LOG=info`, `RUST_LOG=shmq=warn,shm_tools=info`), and
+//! (`RUST_LOG=info`, `RUST_LOG=shmq::producer=warn,shmq::cmd=info`: the
+//! library's targets are `shmq::<module>`, this binary's `shmq::cmd::<verb>`), and
 //! `--log-format json` (or `SHMQ_LOG_FORMAT=json`) writes one JSON object
 //! per line instead of text.
 

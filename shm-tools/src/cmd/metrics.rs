@@ -309,7 +309,9 @@ pub fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
 pub fn scrape(obs: &mut Observer, last: Option<f64>) -> Result<(String, f64), shmq::Error> {
     let started = Instant::now();
     let snap = obs.snapshot()?;
+    let read = started.elapsed();
     let text = render(&snap, last);
+    tracing::debug!(?read, encode = ?started.elapsed().saturating_sub(read), bytes = text.len(), "metrics scrape");
     Ok((text, started.elapsed().as_secs_f64()))
 }
 
@@ -357,7 +359,6 @@ pub fn run(ns: &str, args: MetricsArgs) -> CliResult {
             (true, "/metrics") => match scrape(&mut obs, last) {
                 Ok((text, took)) => {
                     last = Some(took);
-                    tracing::debug!(took = ?Duration::from_secs_f64(took), bytes = text.len(), "metrics scrape");
                     typed(tiny_http::Response::from_string(text), CONTENT_TYPE)
                 }
                 Err(e) => {
