@@ -903,3 +903,83 @@ fn ops_examples_name_real_metrics() {
     }
     assert!(used >= 15, "only {used} metric references");
 }
+
+/// Write `bytes` at `offset` of region file `region` (a hostile peer).
+fn scribble(region: &str, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{region}"))
+        .unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// The library's fencing and corrupt-record events, as the `shmq` binary
+/// logs them.
+#[test]
+fn logs_fencing_and_corrupt_records() {
+    use shmq::protocol::layout::{stride, PartitionHeader, PARTITION_HEADER};
+    let ns = Ns::new("lf").deleting_on_drop("t");
+    let cfg = TopicConfig::default().partitions(1).slots(8).slot_size(64);
+    manual(&ns.0).create("t", cfg).unwrap();
+    let region = shmq::protocol::name::partition_region(&ns.0, "t", 0);
+    ns.ok_with(&["produce", "t"], b"a\nb\nc\nd\ne\n");
+    // Offset 3's value length scribbled far past its slot.
+    scribble(
+        &region,
+        PARTITION_HEADER as u64 + 3 * stride(64) + 8,
+        &u32::MAX.to_le_bytes(),
+    );
+    let out = ns
+        .cmd(&["consume", "t", "--from", "earliest", "--log-format", "json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\nc\ne\n");
+    let lines = json_lines(&String::from_utf8_lossy(&out.stderr));
+    let corrupt = lines
+        .iter()
+        .find(|v| message(v) == "shmq: skipped malformed records")
+        .unwrap_or_else(|| panic!("no corrupt-record event in {lines:?}"));
+    assert_eq!(corrupt["target"], "shmq::consumer");
+    assert_eq!(corrupt["fields"]["corrupt"], 1);
+
+    // A live writer whose lease word is taken (epoch bumped under it) is
+    // fenced: its next send is refused, and logged.
+    let mut w = ns
+        .cmd(&["produce", "t", "--log-format", "json"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = w.stdin.take().unwrap();
+    stdin.write_all(b"f\n").unwrap();
+    stdin.flush().unwrap();
+    wait_for("the writer's first record", Duration::from_secs(10), || {
+        manual(&ns.0).open("t").unwrap().write_offset(0).unwrap() == 6
+    });
+    // The partition header is at the start of the region.
+    let at = std::mem::offset_of!(PartitionHeader, writer) as u64;
+    let word = shmq::protocol::writer_lease::pack(999, 0x7777_7777);
+    scribble(&region, at, &word.to_le_bytes());
+    let _ = stdin.write_all(b"g\n");
+    drop(stdin);
+    let out = w.wait_with_output().unwrap();
+    assert!(!out.status.success(), "a fenced writer must fail");
+    let lines = json_lines(&String::from_utf8_lossy(&out.stderr));
+    let fenced = lines
+        .iter()
+        .find(|v| message(v).starts_with("shmq: write refused"))
+        .unwrap_or_else(|| panic!("no fencing event in {lines:?}"));
+    assert_eq!(fenced["target"], "shmq::topic");
+    assert_eq!(fenced["fields"]["partition"], 0);
+    assert!(
+        fenced["fields"]["refusal"]
+            .as_str()
+            .is_some_and(|r| r.contains("Fenced")),
+        "{fenced}"
+    );
+}
