@@ -13,8 +13,28 @@
 //! `--log-format json` (or `SHMQ_LOG_FORMAT=json`) writes one JSON object
 //! per line instead of text.
 
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
+
+/// While set, log lines are dropped (a full-screen view owns the terminal).
+static MUTED: AtomicBool = AtomicBool::new(false);
+
+/// Drop log lines while `muted` (e.g. while `shmq top` draws on the
+/// terminal, where stderr lines would scribble over the screen).
+pub fn mute(muted: bool) {
+    MUTED.store(muted, Ordering::Relaxed);
+}
+
+fn writer() -> Box<dyn Write> {
+    if MUTED.load(Ordering::Relaxed) {
+        Box::new(std::io::sink())
+    } else {
+        Box::new(std::io::stderr())
+    }
+}
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -36,7 +56,7 @@ pub fn init(format: LogFormat) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(true);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(false).try_init(),

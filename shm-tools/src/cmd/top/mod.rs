@@ -4,7 +4,8 @@
 //! left. Keys sort, filter and drill into a topic's partitions and groups;
 //! `q` or Ctrl-C exits and restores the terminal (also on SIGTERM, SIGHUP
 //! and on a panic). Like `shmq metrics` it only observes (see
-//! [`super::observe`]).
+//! [`super::observe`]). Log lines (`RUST_LOG`) are dropped while the view
+//! owns the terminal.
 //!
 //! `--once` prints one view for scripts: `--format json` one document,
 //! otherwise the 80×24 screen as text. Rates need two looks: `--once`
@@ -139,13 +140,15 @@ pub fn screen_text(app: &App, w: u16, h: u16) -> String {
     s
 }
 
-/// Puts the terminal back (raw mode off, main screen, cursor shown) when
-/// dropped, whatever way `interactive` leaves.
+/// Puts the terminal back (raw mode off, main screen, cursor shown) and
+/// lets log lines through again when dropped, whatever way `interactive`
+/// leaves.
 struct Restore;
 
 impl Drop for Restore {
     fn drop(&mut self) {
         ratatui::restore();
+        crate::logging::mute(false);
     }
 }
 
@@ -163,6 +166,7 @@ fn interactive(obs: &mut Observer, model: Model, interval: Duration) -> CliResul
     let mut term = ratatui::try_init()
         .map_err(|e| CliError::failed(format!("cannot set up the terminal: {e}")))?;
     let _restore = Restore;
+    crate::logging::mute(true);
     let mut app = App::new(model);
     let mut next = Instant::now() + interval;
     loop {
