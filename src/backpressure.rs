@@ -184,3 +184,13 @@ pub(crate) fn wait_for_room(
         }
     }
 }
+
+/// The new limit if offset `next` of partition `p` may be written now, else
+/// `None`: one look, no waiting, no allocation, nothing counted (the async
+/// producer polls this from its backoff steps; `wait_for_room` with a zero
+/// timeout makes the counted [`Error::Full`] once its deadline passes).
+#[cfg(feature = "tokio")]
+pub(crate) fn room(inner: &TopicInner, p: u32, next: u64) -> Option<u64> {
+    let lim = limit_for(inner, p, holding_groups(inner, os::now_ns()), next);
+    (next < lim).then_some(lim)
+}

@@ -131,6 +131,8 @@ pub mod protocol {
     }
 }
 
+#[cfg(all(not(loom), feature = "tokio"))]
+mod asynk;
 #[cfg(not(loom))]
 mod backpressure;
 #[cfg(not(loom))]
@@ -151,6 +153,8 @@ mod error;
 mod group;
 #[cfg(not(loom))]
 mod group_table;
+#[cfg(not(loom))]
+mod iter;
 #[cfg(not(loom))]
 mod name;
 #[cfg(not(loom))]
@@ -178,6 +182,8 @@ mod wait;
 #[cfg(not(loom))]
 mod zero_copy;
 
+#[cfg(all(not(loom), feature = "tokio"))]
+pub use asynk::{AsyncCompetingConsumer, AsyncConsumer, AsyncGroupConsumer, AsyncProducer};
 #[cfg(not(loom))]
 pub use capacity::MEMORY_SHARE_PERCENT;
 #[cfg(not(loom))]
@@ -195,6 +201,8 @@ pub use dlq::{
 pub use error::{Error, RegionProblem, Result};
 #[cfg(not(loom))]
 pub use group::{ConsumerGroup, GroupConsumer, GroupOptions, DEFAULT_STALE_AFTER, MIN_STALE_AFTER};
+#[cfg(not(loom))]
+pub use iter::Iter;
 /// The shape of a partition ring ([`TopicConfig::validate`] returns it).
 #[cfg(not(loom))]
 pub use layout::Geometry;
