@@ -19,7 +19,7 @@
 //!
 //! let mgr = TopicManager::new()?;
 //! let topic = mgr.open_or_create("events", TopicConfig::default())?;
-//! let mut producer = AsyncProducer::new(Producer::new(&topic)?);
+//! let mut producer = AsyncProducer::new(Producer::new(&topic)?)?;
 //! producer.send(b"hello").await?;
 //!
 //! let mut consumer = AsyncConsumer::new(Consumer::new(&topic, "printer")?)?;
