@@ -331,6 +331,13 @@ fn a_dropped_recv_future_loses_nothing() {
     lines.expect("armed");
     assert_eq!(waiters(), 1);
     p.send(b"r1").unwrap();
+    // The child's hub thread, woken through the futex, fired the slot: it
+    // took the announcement back (the timer never touches `waiters`).
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    while waiters() != 0 {
+        assert!(Instant::now() < deadline, "the hub never fired the armed recv");
+        std::thread::sleep(Duration::from_micros(100));
+    }
     send_line(&mut stdin, "sent r1");
 
     // 3. 100 records, each a little after the last, into a loop of short
