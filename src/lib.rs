@@ -48,6 +48,10 @@
 //!      partition from a shared cursor (a work queue).
 //! 5. Failures: [`DlqRouter`] counts nacks and moves a record that keeps
 //!    failing to a dead-letter topic.
+//! 6. Async (cargo feature `tokio`): `AsyncConsumer`, `AsyncGroupConsumer`
+//!    and `AsyncCompetingConsumer` are `Stream`s with `recv().await`, and
+//!    `AsyncProducer::send(..).await` waits for room without blocking a
+//!    runtime thread. Blocking code can iterate: [`Consumer::iter`].
 //!
 //! Every fallible call returns [`Error`], whose messages say what to do.
 //! Loss is reported, not raised: [`Polled::lagged`] on overwrite topics,

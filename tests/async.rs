@@ -335,7 +335,10 @@ fn a_dropped_recv_future_loses_nothing() {
     // took the announcement back (the timer never touches `waiters`).
     let deadline = Instant::now() + CHILD_DEADLINE;
     while waiters() != 0 {
-        assert!(Instant::now() < deadline, "the hub never fired the armed recv");
+        assert!(
+            Instant::now() < deadline,
+            "the hub never fired the armed recv"
+        );
         std::thread::sleep(Duration::from_micros(100));
     }
     send_line(&mut stdin, "sent r1");

@@ -75,7 +75,7 @@
 //! first by yielding to the executor a few times, then on the timer thread
 //! every 20 µs growing to 100 µs, where the blocking producer sleeps the same
 //! steps). The runtime thread is free in between. The producer's
-//! [`Producer::with_send_timeout`] bounds the wait ([`Error::Full`]).
+//! [`Producer::with_send_timeout`] bounds the wait ([`crate::Error::Full`]).
 
 mod wake;
 
@@ -89,7 +89,7 @@ use futures_core::Stream;
 use crate::competing::CompetingConsumer;
 use crate::consumer::{Consumer, Delivered, Growth, Polled, Record};
 use crate::deadline::Deadline;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::group::GroupConsumer;
 use crate::producer::{Producer, Sent};
 use crate::ring::RecordBuf;
@@ -194,7 +194,7 @@ fn non_empty(p: Polled) -> Option<Polled> {
 /// itself (commit, seek, lag) through [`AsyncConsumer::get_mut`].
 ///
 /// The stream never ends: it yields `Err` for an error (e.g.
-/// [`Error::LeaseExpired`], which then repeats) and can be polled again.
+/// [`crate::Error::LeaseExpired`], which then repeats) and can be polled again.
 ///
 /// # Examples
 /// ```no_run
@@ -242,7 +242,7 @@ impl AsyncConsumer {
     /// Wrap `consumer`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] if the wake-up thread cannot be started.
+    /// [`crate::Error::Os`] if the wake-up thread cannot be started.
     pub fn new(consumer: Consumer) -> Result<AsyncConsumer> {
         let wait = Wait::new(&consumer.topic)?;
         Ok(AsyncConsumer { consumer, wait })
@@ -266,7 +266,7 @@ impl AsyncConsumer {
     /// Wait for the next record. Cancel-safe: a dropped `recv` took nothing.
     ///
     /// # Errors
-    /// [`Error::LeaseExpired`], offset-store errors (as [`Consumer::poll`]).
+    /// [`crate::Error::LeaseExpired`], offset-store errors (as [`Consumer::poll`]).
     pub async fn recv(&mut self) -> Result<Record> {
         let g = Settle(self);
         poll_fn(|cx| g.0.poll_recv(cx)).await
@@ -349,7 +349,8 @@ impl Stream for AsyncConsumer {
 /// let topic = mgr.open_or_create("orders", shmq::TopicConfig::default())?;
 /// let mut member = AsyncGroupConsumer::new(GroupConsumer::join(&topic, "billing", GroupOptions::default())?)?;
 /// while let Some(record) = member.next().await {
-///     println!("{}@{}", record?.partition, 0);
+///     let record = record?;
+///     println!("{}@{}", record.partition, record.offset);
 ///     member.get_mut().commit()?;
 /// }
 /// # Ok(()) }
@@ -382,7 +383,7 @@ impl AsyncGroupConsumer {
     /// Wrap `consumer`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] if the wake-up thread cannot be started.
+    /// [`crate::Error::Os`] if the wake-up thread cannot be started.
     pub fn new(consumer: GroupConsumer) -> Result<AsyncGroupConsumer> {
         let wait = Wait::new(consumer.group().topic())?;
         Ok(AsyncGroupConsumer { consumer, wait })
@@ -501,7 +502,7 @@ impl AsyncCompetingConsumer {
     /// Wrap `consumer`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] if the wake-up thread cannot be started.
+    /// [`crate::Error::Os`] if the wake-up thread cannot be started.
     pub fn new(consumer: CompetingConsumer) -> Result<AsyncCompetingConsumer> {
         let wait = Wait::new(consumer.topic())?;
         Ok(AsyncCompetingConsumer { consumer, wait })
@@ -616,7 +617,7 @@ impl AsyncProducer {
     /// Wrap `producer`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] if the timer thread cannot be started.
+    /// [`crate::Error::Os`] if the timer thread cannot be started.
     pub fn new(producer: Producer) -> Result<AsyncProducer> {
         Ok(AsyncProducer {
             producer,
@@ -644,7 +645,7 @@ impl AsyncProducer {
     /// nothing, or everything.
     ///
     /// # Errors
-    /// As [`Producer::send`]: [`Error::Full`] once the send timeout passes.
+    /// As [`Producer::send`]: [`crate::Error::Full`] once the send timeout passes.
     pub async fn send(&mut self, value: &[u8]) -> Result<Sent> {
         let p = &mut self.producer;
         let partition = p.owned[p.rr].partition;
@@ -669,7 +670,7 @@ impl AsyncProducer {
     /// Send to a chosen partition, with an optional key, waiting for room.
     ///
     /// # Errors
-    /// As [`Producer::send_to`], and [`Error::Full`] once the send timeout
+    /// As [`Producer::send_to`], and [`crate::Error::Full`] once the send timeout
     /// passes.
     pub async fn send_to(
         &mut self,
@@ -742,12 +743,11 @@ impl AsyncProducer {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>() {}
+/// Every async handle can move to another task or thread (`tokio::spawn`).
+const _: () = {
+    const fn is_send<T: Send>() {}
     is_send::<AsyncConsumer>();
     is_send::<AsyncGroupConsumer>();
     is_send::<AsyncCompetingConsumer>();
     is_send::<AsyncProducer>();
-    let _ = Error::Timeout;
-}
+};

@@ -47,6 +47,15 @@ use crate::topic::{Topic, TopicInner};
 /// waits for is a `FUTEX_WAKE` or a change of `notify`).
 const HUB_NAP: Duration = Duration::from_millis(100);
 
+/// A failed thread start as shmq's error (`Error::Os`, `pthread_create`).
+fn spawn_error(what: &str, e: &std::io::Error) -> crate::Error {
+    crate::Error::Os(os::OsError {
+        call: "pthread_create",
+        object: what.to_string(),
+        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)),
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind: keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -253,10 +262,10 @@ impl HubSlot {
     /// A slot in `topic`'s hub.
     pub(crate) fn new(topic: &Topic) -> crate::Result<HubSlot> {
         let hub = Hub::of(topic).map_err(|e| {
-            crate::Error::InvalidConfig(format!(
-                "cannot start the async wake-up thread of topic {:?}: {e}",
-                topic.name()
-            ))
+            spawn_error(
+                &format!("async wake-up thread of topic {:?}", topic.name()),
+                &e,
+            )
         })?;
         let index = {
             let mut st = lock(&hub.shared.state);
@@ -429,9 +438,7 @@ pub(crate) struct TimerSlot {
 
 impl TimerSlot {
     pub(crate) fn new() -> crate::Result<TimerSlot> {
-        let t = timer().map_err(|e| {
-            crate::Error::InvalidConfig(format!("cannot start the async timer thread: {e}"))
-        })?;
+        let t = timer().map_err(|e| spawn_error("async timer thread", e))?;
         let mut st = lock(&t.state);
         let index = match st.entries.iter().position(|e| !e.in_use) {
             Some(i) => i,
