@@ -146,19 +146,27 @@ fn child_process() {
                 format!("{} lost {} timeouts {timeouts}", tally.count, tally.lost()),
             );
         }),
-        // `n` records through a group member's Stream.
-        "member" => rt.block_on(async {
+        // `n` records through a group member's Stream, in a task spawned on
+        // a multi-thread runtime (the hub wakes it from another thread).
+        "member" => {
+            drop(rt);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_time()
+                .build()
+                .unwrap();
             let n: u64 = args[1].parse().unwrap();
             let opts = GroupOptions::default().rebalance_every(Duration::from_millis(50));
             let gc = GroupConsumer::join(&topic, "member", opts).unwrap();
             let mut c = AsyncGroupConsumer::new(gc).unwrap();
             tell_parent("ready", "");
-            let (tally, timeouts) = drain(&mut c, n, |c| c.get_mut().commit().unwrap()).await;
-            tell_parent(
-                "done",
-                format!("{} lost {} timeouts {timeouts}", tally.count, tally.lost()),
-            );
-        }),
+            let task = rt.spawn(async move {
+                let (tally, timeouts) = drain(&mut c, n, |c| c.get_mut().commit().unwrap()).await;
+                format!("{} lost {} timeouts {timeouts}", tally.count, tally.lost())
+            });
+            let report = rt.block_on(task).unwrap();
+            tell_parent("done", report);
+        }
         // Competing consumer of partition 0 until the group committed `n`;
         // reports the sequence numbers it got.
         "compete" => rt.block_on(async {

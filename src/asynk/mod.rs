@@ -125,7 +125,7 @@ impl Wait {
     fn park(
         &mut self,
         waker: &Waker,
-        parts: impl Iterator<Item = (u32, u64)>,
+        parts: impl Iterator<Item = (u32, u64)> + Clone,
         grown_past: Option<u32>,
         nap: Duration,
     ) -> bool {
@@ -161,11 +161,18 @@ fn poll_loop<S, T>(
     mut attempt: impl FnMut(&mut S) -> Result<Option<T>>,
     mut arm: impl FnMut(&S, &mut Wait, &Waker) -> bool,
 ) -> Poll<Result<T>> {
-    wait.settle();
     loop {
+        // A wait still armed from the last poll stays armed while nothing
+        // comes (see `HubSlot::arm`); it is settled once something does.
         match attempt(src) {
-            Err(e) => return Poll::Ready(Err(e)),
-            Ok(Some(t)) => return Poll::Ready(Ok(t)),
+            Err(e) => {
+                wait.settle();
+                return Poll::Ready(Err(e));
+            }
+            Ok(Some(t)) => {
+                wait.settle();
+                return Poll::Ready(Ok(t));
+            }
             Ok(None) => {}
         }
         if !arm(src, wait, cx.waker()) {

@@ -26,6 +26,10 @@
 //! it is seen by the scan. Nothing is lost, and a publish while no consumer
 //! is armed makes no system call at all.
 //!
+//! A slot polled again while still armed for the same positions (a
+//! `join!` or `select!` sibling woke the task) keeps its announcement: it
+//! has stood since its re-check, so nothing can slip past it.
+//!
 //! Firing a slot disarms it (takes the announcements back) before the task
 //! is woken, so a task that stops polling does not make the writer call
 //! `FUTEX_WAKE` for ever.
@@ -292,12 +296,24 @@ impl HubSlot {
     pub(crate) fn arm(
         &mut self,
         waker: &Waker,
-        parts: impl Iterator<Item = (u32, u64)>,
+        parts: impl Iterator<Item = (u32, u64)> + Clone,
         grown_past: Option<u32>,
     ) -> bool {
         let shared = &self.hub.shared;
         let inner = &shared.topic.inner;
         let mut st = lock(&shared.state);
+        // Still armed for the same positions (polled again before anything
+        // came, e.g. by a `join!` or `select!` sibling): the announcement
+        // has stood all along, so keep it; only the waker may change.
+        let slot = &mut st.slots[self.index];
+        if self.armed
+            && slot.armed
+            && slot.grown_past == grown_past
+            && parts.clone().eq(slot.parts.iter().copied())
+        {
+            store_waker(&mut slot.waker, waker);
+            return false;
+        }
         let old = shared.disarm_slot(&mut st, self.index);
         self.armed = false;
         let slot = &mut st.slots[self.index];
