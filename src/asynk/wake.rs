@@ -236,6 +236,11 @@ impl Drop for Hub {
         let Some(thread) = self.thread.take() else {
             return;
         };
+        if thread.thread().id() == std::thread::current().id() {
+            // Dropped by a task the hub itself just woke (an executor that
+            // polls inside `wake`): it sees `shutdown` and exits on its own.
+            return;
+        }
         // Nothing is armed any more (every slot's owner disarmed it before
         // letting go of the hub), but the thread may still be in a futex
         // sleep of up to `HUB_NAP`. Wake it without bumping `notify`: other
