@@ -418,3 +418,62 @@ fn competing_streams_share_a_partition_exactly_once() {
     drop(topic);
     cleanup(guard, mgr);
 }
+
+#[test]
+fn a_full_backpressure_topic_makes_send_wait_without_blocking_the_runtime() {
+    let guard = ShmGuard::new("afull");
+    let ns = guard.ns().to_string();
+    let mgr = TopicManager::with_namespace(&ns).unwrap();
+    let config = TopicConfig::default()
+        .partitions(1)
+        .slots(16)
+        .slot_size(SLOT as u64)
+        .overflow(Overflow::Backpressure);
+    let topic = mgr.create("t", config).unwrap();
+    // A live group that reads nothing and commits nothing holds the writer.
+    let mut stuck = Consumer::new(&topic, "stuck").unwrap();
+    let producer = Producer::new(&topic)
+        .unwrap()
+        .with_send_timeout(Some(Duration::from_millis(100)));
+    let mut p = AsyncProducer::new(producer).unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        for i in 0..16u64 {
+            p.send(&i.to_le_bytes()).await.unwrap();
+        }
+        // Full: a send cut short by a timeout sent nothing.
+        let cut = tokio::time::timeout(Duration::from_millis(5), p.send(b"cut")).await;
+        assert!(cut.is_err(), "the ring is full, yet send returned {cut:?}");
+        assert_eq!(topic.write_offset(0).unwrap(), 16);
+        // A send waits until its timeout, and the runtime's one thread keeps
+        // running other tasks meanwhile.
+        let done = std::cell::Cell::new(false);
+        let mut ticks = 0u32;
+        let send = async {
+            let r = p.send(b"late").await;
+            done.set(true);
+            r
+        };
+        let ticker = async {
+            while !done.get() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                ticks += 1;
+            }
+        };
+        let (r, ()) = tokio::join!(send, ticker);
+        assert!(matches!(r, Err(shmq::Error::Full { .. })), "{r:?}");
+        assert!(ticks > 0, "the send blocked the runtime thread");
+        // Room again (the group read and committed): the next send goes.
+        assert_eq!(stuck.poll(16).unwrap().records.len(), 16);
+        stuck.commit().unwrap();
+        let sent = p.send(b"after").await.unwrap();
+        assert_eq!(sent.offset, 16);
+    });
+    let stats = topic.stats().unwrap();
+    assert_eq!(
+        stats.partitions[0].full_events, 1,
+        "the timed-out send is counted once"
+    );
+    drop((p, stuck, topic));
+    cleanup(guard, mgr);
+}

@@ -601,6 +601,7 @@ const YIELDS: u32 = 4;
 pub struct AsyncProducer {
     producer: Producer,
     timer: TimerSlot,
+    room: crate::backpressure::RoomCache,
 }
 
 impl std::fmt::Debug for AsyncProducer {
@@ -629,6 +630,7 @@ impl AsyncProducer {
         Ok(AsyncProducer {
             producer,
             timer: TimerSlot::new()?,
+            room: Default::default(),
         })
     }
 
@@ -704,6 +706,9 @@ impl AsyncProducer {
         round: &mut u32,
     ) -> Poll<Result<Sent>> {
         self.timer.disarm();
+        if *round == 0 {
+            self.room.reset();
+        }
         if self.has_room(partition)? || deadline.passed() || self.producer.topic.inner.reclaimed() {
             // With room the send does not wait; past the deadline it makes
             // the counted `Error::Full` (or sends, if room just appeared).
@@ -740,7 +745,7 @@ impl AsyncProducer {
         if next < o.limit {
             return Ok(true);
         }
-        match crate::backpressure::room(&p.topic.inner, o.partition, next) {
+        match crate::backpressure::room(&p.topic.inner, o.partition, next, &mut self.room) {
             Some(limit) => {
                 o.limit = limit;
                 Ok(true)

@@ -37,14 +37,13 @@
 //! Arming, disarming and firing reuse the slot's storage: no allocation once
 //! a slot's partition list has grown to its size.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::Waker;
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crate::os;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU32, Ordering};
 use crate::topic::{Topic, TopicInner};
 
 /// Longest single futex sleep of a hub (a safety net: every wake-up it
@@ -102,8 +101,8 @@ struct HubShared {
     /// Signalled when the first slot is armed (the hub sleeps on it while
     /// nothing is armed) and at shutdown.
     idle: Condvar,
-    /// Whether the hub thread is (about to be) in its futex sleep.
-    in_futex: AtomicBool,
+    /// 1 while the hub thread is (about to be) in its futex sleep.
+    in_futex: AtomicU32,
 }
 
 /// Add (`+1`) or take back (`-1`) a waiting announcement on each partition.
@@ -167,7 +166,7 @@ impl HubShared {
                 }
             }
             let idle = st.armed == 0;
-            self.in_futex.store(!idle, Ordering::SeqCst);
+            self.in_futex.store(u32::from(!idle), Ordering::SeqCst);
             drop(st);
             for w in wake.drain(..) {
                 w.wake();
@@ -182,7 +181,7 @@ impl HubShared {
                 continue;
             }
             os::futex_wait(&meta.notify, seen, Some(HUB_NAP));
-            self.in_futex.store(false, Ordering::SeqCst);
+            self.in_futex.store(0, Ordering::SeqCst);
         }
     }
 }
@@ -214,7 +213,7 @@ impl Hub {
             topic: topic.clone(),
             state: Mutex::new(HubState::default()),
             idle: Condvar::new(),
-            in_futex: AtomicBool::new(false),
+            in_futex: AtomicU32::new(0),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -249,7 +248,7 @@ impl Drop for Hub {
         // the last async consumer of a topic in this process goes away.
         let notify = &self.shared.topic.inner.meta.meta_header().notify;
         while !thread.is_finished() {
-            if self.shared.in_futex.load(Ordering::SeqCst) {
+            if self.shared.in_futex.load(Ordering::SeqCst) != 0 {
                 os::futex_wake(notify, i32::MAX);
             }
             std::thread::sleep(Duration::from_micros(200));
