@@ -10,7 +10,10 @@
 //!
 //! A record is taken from the ring only in the poll that returns it, so
 //! **dropping a `recv` future loses nothing** (e.g. the losing branch of a
-//! `select!`, or a timeout): the next `recv` returns the record.
+//! `select!`, or a timeout): the next `recv` returns the record. A dropped
+//! `recv` also takes its futex announcement back at once; a `Stream` whose
+//! `next()` was dropped stays announced until it is polled again, its record
+//! arrives (one wake-up), or it is dropped.
 //!
 //! ```no_run
 //! # async fn demo() -> shmq::Result<()> {
@@ -63,9 +66,11 @@
 //! deadlines: a group member's heartbeat / claim interval, a 100 ms check
 //! that the topic was not reclaimed (as blocking readers park at most
 //! 100 ms), and the steps of a producer waiting for room. The protocol is
-//! detailed in the `wake` module; the cost is two thread hand-offs per
-//! wake-up (hub, then the runtime), measured by `shmq bench` ("async round
-//! trip") beside the parked and busy-poll round trips.
+//! detailed in the `wake` module (and model-checked in
+//! `loom-tests/tests/async_hub.rs`). The cost is one thread hand-off more
+//! than a parked blocking reader pays (the futex wakes the hub, the hub
+//! wakes the runtime), measured by `shmq bench` ("async round trip") beside
+//! the parked and busy-poll round trips.
 //!
 //! # Backpressure
 //!
