@@ -477,3 +477,38 @@ fn a_full_backpressure_topic_makes_send_wait_without_blocking_the_runtime() {
     drop((p, stuck, topic));
     cleanup(guard, mgr);
 }
+
+#[test]
+fn an_async_consumer_follows_a_growing_topic() {
+    let guard = ShmGuard::new("agrow");
+    let ns = guard.ns().to_string();
+    let mgr = TopicManager::with_namespace(&ns).unwrap();
+    let config = TopicConfig::default()
+        .partitions(1)
+        .slots(64)
+        .slot_size(SLOT as u64);
+    let topic = mgr.create("t", config).unwrap();
+    let first = Producer::new(&topic).unwrap(); // holds partition 0
+    let mut c = AsyncConsumer::new(Consumer::reader(&topic).unwrap()).unwrap();
+    let rt = runtime();
+    let t2 = topic.clone();
+    let grower = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        // Every partition has a live writer: this producer adds one.
+        let mut p = Producer::new(&t2).unwrap();
+        assert_eq!(p.partitions(), vec![1]);
+        p.send(b"grown").unwrap();
+        p
+    });
+    let r = rt
+        .block_on(async { tokio::time::timeout(CHILD_DEADLINE, c.recv()).await })
+        .expect("the waiting consumer never saw the new partition's record")
+        .unwrap();
+    assert_eq!(
+        (r.partition, r.offset, r.value.as_slice()),
+        (1, 0, &b"grown"[..])
+    );
+    let p = grower.join().unwrap();
+    drop((p, first, c, topic));
+    cleanup(guard, mgr);
+}
