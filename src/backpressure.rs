@@ -184,3 +184,39 @@ pub(crate) fn wait_for_room(
         }
     }
 }
+
+/// What a waiting async producer remembers between its looks: the holding
+/// groups, re-evaluated every [`RECHECK`] as `wait_for_room` does (they
+/// probe liveness tokens), in a list whose capacity is kept.
+#[cfg(feature = "tokio")]
+#[derive(Debug, Default)]
+pub(crate) struct RoomCache {
+    holders: Vec<u32>,
+    at: Option<Instant>,
+}
+
+#[cfg(feature = "tokio")]
+impl RoomCache {
+    /// Forget the holders: the next look evaluates them afresh (at the
+    /// start of each wait).
+    pub(crate) fn reset(&mut self) {
+        self.at = None;
+    }
+}
+
+/// The new limit if offset `next` of partition `p` may be written now, else
+/// `None`: one look, no waiting, nothing counted, no allocation once the
+/// cache's list has grown (the async producer looks from its backoff steps;
+/// `wait_for_room` with a zero timeout makes the counted [`Error::Full`]
+/// once its deadline passes).
+#[cfg(feature = "tokio")]
+pub(crate) fn room(inner: &TopicInner, p: u32, next: u64, cache: &mut RoomCache) -> Option<u64> {
+    let now = Instant::now();
+    if cache.at.map_or(true, |t| now.duration_since(t) >= RECHECK) {
+        cache.holders.clear();
+        cache.holders.extend(holding_groups(inner, os::now_ns()));
+        cache.at = Some(now);
+    }
+    let lim = limit_for(inner, p, cache.holders.iter().copied(), next);
+    (next < lim).then_some(lim)
+}

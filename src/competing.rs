@@ -489,3 +489,18 @@ impl Drop for CompetingConsumer {
         self.leave_now();
     }
 }
+
+impl CompetingConsumer {
+    /// Where a waiting receive waits: the partition, the offset whose
+    /// publication ends the wait (as in `poll_timeout`), and the heartbeat
+    /// interval.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wait_point(&self) -> (u32, u64, Duration) {
+        let inner = &self.m.topic.inner;
+        let next = inner.group(self.m.g).partitions[self.partition as usize]
+            .next
+            .load(Ordering::Acquire)
+            .saturating_sub(1);
+        (self.partition, next, Duration::from_nanos(self.m.every_ns))
+    }
+}

@@ -48,6 +48,10 @@
 //!      partition from a shared cursor (a work queue).
 //! 5. Failures: [`DlqRouter`] counts nacks and moves a record that keeps
 //!    failing to a dead-letter topic.
+//! 6. Async (cargo feature `tokio`): `AsyncConsumer`, `AsyncGroupConsumer`
+//!    and `AsyncCompetingConsumer` are `Stream`s with `recv().await`, and
+//!    `AsyncProducer::send(..).await` waits for room without blocking a
+//!    runtime thread. Blocking code can iterate: [`Consumer::iter`].
 //!
 //! Every fallible call returns [`Error`], whose messages say what to do.
 //! Loss is reported, not raised: [`Polled::lagged`] on overwrite topics,
@@ -131,6 +135,8 @@ pub mod protocol {
     }
 }
 
+#[cfg(all(not(loom), feature = "tokio"))]
+mod asynk;
 #[cfg(not(loom))]
 mod backpressure;
 #[cfg(not(loom))]
@@ -151,6 +157,8 @@ mod error;
 mod group;
 #[cfg(not(loom))]
 mod group_table;
+#[cfg(not(loom))]
+mod iter;
 #[cfg(not(loom))]
 mod name;
 #[cfg(not(loom))]
@@ -178,6 +186,8 @@ mod wait;
 #[cfg(not(loom))]
 mod zero_copy;
 
+#[cfg(all(not(loom), feature = "tokio"))]
+pub use asynk::{AsyncCompetingConsumer, AsyncConsumer, AsyncGroupConsumer, AsyncProducer};
 #[cfg(not(loom))]
 pub use capacity::MEMORY_SHARE_PERCENT;
 #[cfg(not(loom))]
@@ -195,6 +205,8 @@ pub use dlq::{
 pub use error::{Error, RegionProblem, Result};
 #[cfg(not(loom))]
 pub use group::{ConsumerGroup, GroupConsumer, GroupOptions, DEFAULT_STALE_AFTER, MIN_STALE_AFTER};
+#[cfg(not(loom))]
+pub use iter::Iter;
 /// The shape of a partition ring ([`TopicConfig::validate`] returns it).
 #[cfg(not(loom))]
 pub use layout::Geometry;

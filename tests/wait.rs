@@ -336,3 +336,58 @@ fn recv_timeout_honours_its_deadline_with_every_strategy() {
     drop(topic);
     cleanup(guard, mgr);
 }
+
+/// With the async API (feature `tokio`): an async consumer that waited and
+/// was woken by another process's publish, then had a `recv` cut short by a
+/// timeout, has taken its announcements back, so the strict child's sends
+/// still make no system call while the consumer (and its hub thread) live.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_send_makes_no_system_call_once_async_consumers_stopped_waiting() {
+    let guard = ShmGuard::new("wasync");
+    let ns = guard.ns().to_string();
+    let mgr = TopicManager::with_namespace(&ns).unwrap();
+    let topic = mgr.create("t", config()).unwrap();
+    let part = Region::attach(&name::partition_region(&ns, "t", 0), KIND_PARTITION)
+        .unwrap()
+        .unwrap();
+    let waiters = || part.partition_header().waiters.load(Ordering::SeqCst);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut c = Consumer::new(&topic, "async").unwrap();
+    c.seek(SeekPolicy::Latest).unwrap();
+    let mut c = shmq::AsyncConsumer::new(c).unwrap();
+
+    // Woken across processes: the child sends ~20 ms after "go".
+    let (mut kid, lines) = spawn("producer", &ns);
+    lines.expect("ready");
+    let mut stdin = kid.stdin.take().unwrap();
+    send_line(&mut stdin, "go async");
+    let r = rt
+        .block_on(async { tokio::time::timeout(CHILD_DEADLINE, c.recv()).await })
+        .expect("the async consumer was never woken")
+        .unwrap();
+    assert_eq!(r.value, b"async");
+    assert_eq!(waiters(), 0, "a woken async consumer left its announcement");
+    // A recv armed, then dropped by its timeout.
+    let cut =
+        rt.block_on(async { tokio::time::timeout(Duration::from_millis(20), c.recv()).await });
+    assert!(cut.is_err(), "nothing was sent, yet recv returned {cut:?}");
+    assert_eq!(waiters(), 0, "a cancelled recv left its announcement");
+    drop(stdin);
+    assert!(wait_exit(&mut kid).success());
+
+    let (mut kid, lines) = spawn("strict", &ns);
+    let report = lines.expect("strict-sent");
+    assert_eq!(report, format!("{STRICT_SENDS} wake-calls 0"));
+    let status = wait_exit(&mut kid);
+    assert_eq!(
+        status.signal(),
+        Some(libc_sigsys()),
+        "the child was not under its seccomp filter (status {status})"
+    );
+    drop((c, part, topic));
+    cleanup(guard, mgr);
+}

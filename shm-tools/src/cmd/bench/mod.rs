@@ -10,13 +10,14 @@
 //!
 //! | mode | shmq | floor |
 //! |---|---|---|
-//! | `latency` | ping-pong round trips over two topics, busy-poll and parked | raw cache-line ping-pong; pipe and Unix-socket ping-pong |
+//! | `latency` | ping-pong round trips over two topics, busy-poll and parked; async (tokio, both sides) | raw cache-line ping-pong; pipe and Unix-socket ping-pong |
 //! | `throughput` | 64 B, one producer process → one consumer process, `send` and `send_batch` | a minimal SPSC ring in shared memory |
 //! | `bandwidth` | 4 KiB, 64 KiB, 1 MiB; copy (`poll_into`) and zero-copy (`poll_with`) reads | single-thread `memcpy` |
 //!
 //! and always the syscall check: `send` with no parked consumer, under a
 //! seccomp filter that kills the process at any system call.
 
+mod asynk;
 mod floors;
 mod harness;
 mod plot;
@@ -205,6 +206,7 @@ fn run_child(ns: &str, role: &str, args: BenchArgs) -> CliResult {
         "shmq-echo" => queue::echo(ns, &c),
         "shmq-consumer" => queue::consume(ns, &c),
         "nosys" => queue::nosys(ns, &c),
+        "shmq-async-echo" => asynk::echo(ns, &c),
         other => Err(CliError::usage(format!(
             "unknown bench child role {other:?}"
         ))),
@@ -310,6 +312,15 @@ impl<'a> Bench<'a> {
             lat(f, "unix", &unix);
             lat(f, "park", &park);
             lat(f, "backoff", &backoff);
+            self.step(
+                run,
+                &format!("latency: shmq async (tokio, woken by the hub thread), {size} B"),
+            );
+            let asy = asynk::latency(&self.mgr, cpus, size, w, n)?;
+            lat(f, "async", &asy);
+            f.insert("ratio.async_park_p50".into(), asy.p50 / park.p50);
+            f.insert("ratio.async_busy_p50".into(), asy.p50 / busy.p50);
+            keep("shmq async (tokio)", &asy);
             f.insert("ratio.busy_p50".into(), busy.p50 / raw.p50);
             f.insert("ratio.busy_p999".into(), busy.p999 / raw.p999);
             f.insert("ratio.park_p50".into(), park.p50 / pipe.p50);
@@ -641,6 +652,18 @@ impl Summary {
                 "backoff",
                 String::new(),
             );
+            if g("lat.async.p50").is_some() {
+                row(
+                    &mut s,
+                    "shmq async round trip (tokio)",
+                    "async",
+                    format!(
+                        "{:.2}x p50 of parked, {:.2}x of busy-poll",
+                        g("ratio.async_park_p50").unwrap_or(f64::NAN),
+                        g("ratio.async_busy_p50").unwrap_or(f64::NAN)
+                    ),
+                );
+            }
             s.push('\n');
         }
         if g("tput.spsc.msgs_per_sec").is_some() {
