@@ -101,6 +101,11 @@ pub enum Command {
     ///
     /// Example: shmq soak --duration 60s
     Soak(crate::cmd::soak::SoakArgs),
+    /// Bridge a topic to NATS JetStream (export) or a stream to a topic
+    /// (import), for processes on other hosts.
+    ///
+    /// Example: shmq bridge export orders --server nats://nats.example:4222
+    Bridge(crate::cmd::bridge::BridgeArgs),
 }
 
 /// Output format option shared by several verbs.

@@ -1,6 +1,7 @@
 //! One module per verb. Each exposes `XxxArgs` (clap) and `run`.
 
 pub mod bench;
+pub mod bridge;
 pub mod consume;
 pub mod create;
 pub mod delete;
@@ -36,5 +37,6 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::DemoConsumer(a) => demo::run_consumer(&ns, a),
         Command::Group(a) => group::run(&ns, a),
         Command::Soak(a) => soak::run(&ns, a),
+        Command::Bridge(a) => bridge::run(&ns, a),
     }
 }
