@@ -91,9 +91,9 @@ impl Stop {
 #[derive(Debug)]
 pub enum Bridge {
     /// A topic to a stream.
-    Export(ExportBridge),
+    Export(Box<ExportBridge>),
     /// A stream to a topic.
-    Import(ImportBridge),
+    Import(Box<ImportBridge>),
 }
 
 impl Bridge {
@@ -104,8 +104,8 @@ impl Bridge {
     /// As the bridge's own `run`.
     pub async fn run(self, stop: Stop, emit: impl FnMut(&Progress)) -> Result<Progress> {
         match self {
-            Bridge::Export(b) => b.run(stop, emit).await,
-            Bridge::Import(b) => b.run(stop, emit).await,
+            Bridge::Export(b) => (*b).run(stop, emit).await,
+            Bridge::Import(b) => (*b).run(stop, emit).await,
         }
     }
 

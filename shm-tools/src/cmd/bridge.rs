@@ -208,7 +208,9 @@ fn build(ns: &str, args: BridgeArgs) -> CliResult<Bridge> {
             cfg.duplicate_window = a.duplicate_window;
             cfg.create_stream = !a.no_create_stream;
             cfg.progress_interval = a.nats.progress_interval;
-            Ok(Bridge::Export(ExportBridge::new(cfg).map_err(config_err)?))
+            Ok(Bridge::Export(Box::new(
+                ExportBridge::new(cfg).map_err(config_err)?,
+            )))
         }
         Direction::Import(a) => {
             let file = load(&a.nats.config)?;
@@ -238,7 +240,9 @@ fn build(ns: &str, args: BridgeArgs) -> CliResult<Bridge> {
             cfg.batch = a.batch;
             cfg.ack_wait = a.ack_wait;
             cfg.progress_interval = a.nats.progress_interval;
-            Ok(Bridge::Import(ImportBridge::new(cfg).map_err(config_err)?))
+            Ok(Bridge::Import(Box::new(
+                ImportBridge::new(cfg).map_err(config_err)?,
+            )))
         }
     }
 }
