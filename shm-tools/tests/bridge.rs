@@ -529,6 +529,7 @@ fn bridge_reconnects_after_nats_server_restart() {
     let sent = Arc::new(AtomicU64::new(0));
     let producer = produce(p.a.0.clone(), N, 5_000, sent.clone());
     let restarted = AtomicBool::new(false);
+    let paused = AtomicBool::new(false);
     let got = receive(
         &p.b.0,
         N,
@@ -539,6 +540,11 @@ fn bridge_reconnects_after_nats_server_restart() {
                 server.down();
                 std::thread::sleep(Duration::from_millis(1500));
                 server.up();
+            }
+            // B's reader stops for a while: its backpressure topic fills up
+            // (4 x 1024 slots) and the import must wait, not drop.
+            if count >= 12_000 && !paused.swap(true, Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1500));
             }
         },
     );
@@ -564,7 +570,15 @@ fn bridge_reconnects_after_nats_server_restart() {
         disconnects(&i),
         i.last().map_or(0, |v| v["retries"].as_u64().unwrap_or(0)),
     );
-    assert!(restarted.load(Ordering::Relaxed));
+    let full_waits = i
+        .last()
+        .map_or(0, |v| v["full_waits"].as_u64().unwrap_or(0));
+    eprintln!("restart: the import waited {full_waits} times on a full topic");
+    assert!(restarted.load(Ordering::Relaxed) && paused.load(Ordering::Relaxed));
+    assert!(
+        full_waits > 0,
+        "B never filled up: the backpressure path was not exercised"
+    );
     assert!(
         disconnects(&e) >= 1 && disconnects(&i) >= 1,
         "the bridges never saw the server go"

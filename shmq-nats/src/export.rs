@@ -127,12 +127,17 @@ impl ExportBridge {
                     Err(e) => acks.push(Err(e)),
                 }
             }
-            let mut first_failed: BTreeMap<u32, u64> = BTreeMap::new();
-            for (r, ack) in polled.records.iter().zip(acks) {
-                let res = match ack {
+            // Await them together: each has its own timeout, and a server
+            // gone mid-batch must cost one timeout, not one per record.
+            let results = futures_util::future::join_all(acks.into_iter().map(|ack| async {
+                match ack {
                     Ok(fut) => fut.await,
                     Err(e) => Err(e),
-                };
+                }
+            }))
+            .await;
+            let mut first_failed: BTreeMap<u32, u64> = BTreeMap::new();
+            for (r, res) in polled.records.iter().zip(results) {
                 let failed_before = first_failed.contains_key(&r.partition);
                 match res {
                     Ok(ack) => {
