@@ -204,6 +204,7 @@ impl ImportBridge {
         // checkpoint, an earlier one).
         let mut last_done: Option<u64> = self.resume_at.map(|s| s.saturating_sub(1));
         let mut reposition = self.resume_at.is_some();
+        let mut started = false;
         let mut attempt = 0u32;
         'outer: loop {
             if stop.stopped() {
@@ -212,7 +213,9 @@ impl ImportBridge {
             let seen_disconnects = health.disconnects.load(Ordering::SeqCst);
             let consumer = match self.consumer(&js, last_done, reposition).await {
                 Ok(c) => c,
-                Err(e @ BridgeError::Config(_)) => return Err(e),
+                // A missing stream is fatal at start; later (a server
+                // still recovering its streams after a restart) it is retried.
+                Err(e @ BridgeError::Config(_)) if !started => return Err(e),
                 Err(e) => {
                     meter.p.retries += 1;
                     meter.error(&e);
@@ -226,6 +229,7 @@ impl ImportBridge {
                 }
             };
             reposition = true; // any later (re)start of the stream re-positions
+            started = true;
             let mut messages = match consumer
                 .stream()
                 .max_messages_per_batch(self.cfg.batch)
