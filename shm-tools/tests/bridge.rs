@@ -684,6 +684,47 @@ fn bridge_config_errors_exit_non_zero() {
             2,
         );
         assert!(err.contains("does not exist"), "{err}");
+        // Refused credentials are fatal too (not retried forever).
+        let port = free_port();
+        let mut auth = Command::new(server.bin.clone())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--user",
+                "u",
+                "--pass",
+                "right",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let url = format!("nats://127.0.0.1:{port}");
+        let args = [
+            "bridge",
+            "export",
+            TOPIC,
+            "--server",
+            &url,
+            "--user",
+            "u",
+            "--password",
+            "wrong",
+        ];
+        let err = ns.fails(&args, b"", 2);
+        let _ = auth.kill();
+        let _ = auth.wait();
+        assert!(err.contains("check the url and credentials"), "{err}");
     }
 }
 
