@@ -113,6 +113,11 @@ pub enum Command {
     ///
     /// Example: shmq top --all-namespaces; shmq top --once --format json
     Top(crate::cmd::top::TopArgs),
+    /// Bridge a topic to NATS JetStream (export) or a stream to a topic
+    /// (import), for processes on other hosts.
+    ///
+    /// Example: shmq bridge export orders --server nats://nats.example:4222
+    Bridge(crate::cmd::bridge::BridgeArgs),
 }
 
 /// Output format option shared by several verbs.

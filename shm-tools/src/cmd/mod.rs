@@ -1,6 +1,7 @@
 //! One module per verb. Each exposes `XxxArgs` (clap) and `run`.
 
 pub mod bench;
+pub mod bridge;
 pub mod consume;
 pub mod create;
 pub mod delete;
@@ -41,5 +42,6 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Soak(a) => soak::run(&ns, a),
         Command::Metrics(a) => metrics::run(&ns, a),
         Command::Top(a) => top::run(&ns, a),
+        Command::Bridge(a) => bridge::run(&ns, a),
     }
 }
