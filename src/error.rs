@@ -298,6 +298,15 @@ pub enum Error {
         /// The topic's `max_partitions`.
         max_partitions: u32,
     },
+    /// The data directory of a durable topic is missing, not a directory,
+    /// or not writable.
+    #[error("data directory {}: {problem}", dir.display())]
+    DataDir {
+        /// The directory given.
+        dir: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
 fn fmt_dur(d: std::time::Duration) -> String {

@@ -129,6 +129,11 @@ pub mod protocol {
     pub mod token {
         pub use crate::token::*;
     }
+    /// See the crate's `storage` module.
+    #[cfg(not(loom))]
+    pub mod storage {
+        pub use crate::storage::*;
+    }
 }
 
 #[cfg(not(loom))]
@@ -169,6 +174,8 @@ mod renewal;
 mod slots;
 #[cfg(not(loom))]
 mod stats;
+#[cfg(not(loom))]
+mod storage;
 #[cfg(not(loom))]
 mod token;
 #[cfg(not(loom))]
@@ -212,6 +219,8 @@ pub use stats::{
 };
 #[cfg(not(loom))]
 pub use topic::{Topic, TopicManager, NAMESPACE_ENV};
+#[cfg(not(loom))]
+pub use storage::{Storage, SyncPolicy, DATA_DIR_ENV};
 #[cfg(not(loom))]
 pub use wait::WaitStrategy;
 #[cfg(not(loom))]
