@@ -330,7 +330,7 @@ pub fn check_dir(dir: &Path) -> Result<PathBuf> {
     if !os::dir_writable(&abs) {
         return Err(bad("is not writable by this user".into()));
     }
-    if abs.to_str().is_none_or(|s| s.len() > STUB_MAX) {
+    if abs.to_str().map_or(true, |s| s.len() > STUB_MAX) {
         return Err(bad(format!(
             "the path must be UTF-8 and at most {STUB_MAX} bytes long"
         )));
