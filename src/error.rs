@@ -215,7 +215,7 @@ pub enum Error {
     /// `/dev/shm` or the host's memory has no room: an allocation failed,
     /// or a topic was refused before anything was allocated because it
     /// would not fit (see [`crate::TopicManager::force_size`]).
-    #[error("no space in /dev/shm for {region} ({bytes} bytes); {detail}")]
+    #[error("no space for {region} ({bytes} bytes); {detail}")]
     NoSpace {
         /// Region (for a refused topic, its meta region).
         region: String,

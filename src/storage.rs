@@ -306,6 +306,29 @@ impl Storage {
     }
 }
 
+/// Refuse with [`Error::NoSpace`], before anything is allocated, `need`
+/// bytes that the file system of a durable topic's directory has not got
+/// free (`statvfs`). Nothing for shared memory (see `crate::capacity`).
+///
+/// # Errors
+/// [`Error::NoSpace`].
+pub(crate) fn check_free(storage: &Storage, region: &str, need: u64) -> Result<()> {
+    let Some(dir) = storage.dir() else {
+        return Ok(());
+    };
+    match os::free_bytes(dir) {
+        Some(free) if free < need => Err(Error::NoSpace {
+            region: storage.display(region),
+            bytes: usize::try_from(need).unwrap_or(usize::MAX),
+            detail: format!(
+                "the file system of {} has {free} bytes free; free space there, or use a smaller topic",
+                dir.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Check that `dir` is an existing, writable directory; returns it made
 /// absolute (symbolic links resolved).
 ///

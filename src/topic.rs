@@ -207,11 +207,17 @@ impl TopicManager {
                 };
             (header.sync_mode, header.sync_interval_ns) = config.sync.code();
         }
-        if !self.force_size && !storage.is_file() {
-            let need = (geo.region_len as u64)
-                .saturating_mul(u64::from(config.partitions))
-                .saturating_add(header.region_len);
-            crate::capacity::check(&meta_name, need)?;
+        let need = (geo.region_len as u64)
+            .saturating_mul(u64::from(config.partitions))
+            .saturating_add(header.region_len);
+        if !self.force_size {
+            match storage {
+                Storage::Shm => crate::capacity::check(&meta_name, need)?,
+                // A disk cannot take the host down the way a full tmpfs
+                // can; only refuse, before allocating anything, what
+                // cannot fit (the preallocation would fail half-way).
+                Storage::File { .. } => storage::check_free(storage, &meta_name, need)?,
+            }
         }
         let meta = Region::create_meta_in(storage, &meta_name, header, config.mode).map_err(|e| match e {
             Error::Os(os) if os.errno == nix::errno::Errno::EEXIST => Error::TopicExists {
@@ -956,8 +962,9 @@ impl TopicInner {
         // Growth is automatic, so it gets the same guard as `create`: a new
         // partition that would not fit (or would eat into the memory behind
         // tmpfs) is refused with `NoSpace` before anything is allocated.
-        if !self.config.storage.is_file() {
-            crate::capacity::check(&pname, self.geo.region_len as u64)?;
+        match &self.config.storage {
+            Storage::Shm => crate::capacity::check(&pname, self.geo.region_len as u64)?,
+            file => storage::check_free(file, &pname, self.geo.region_len as u64)?,
         }
         let ttl = self
             .config
