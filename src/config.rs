@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::storage::{Storage, SyncPolicy};
 use crate::layout::{
     self, Geometry, DEFAULT_MAX_PARTITIONS, GROUP_CAPACITY, MAX_GROUP_CAPACITY,
     MAX_MEMBER_CAPACITY, MAX_PARTITIONS, MEMBER_CAPACITY,
 };
+use crate::storage::{Storage, SyncPolicy};
 
 /// What the writer does when the ring is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -218,9 +218,9 @@ pub use stats::{
     GroupPartitionStats, GroupStats, MemberStats, PartitionStats, TopicStats, WriterInfo,
 };
 #[cfg(not(loom))]
-pub use topic::{Topic, TopicManager, NAMESPACE_ENV};
-#[cfg(not(loom))]
 pub use storage::{Storage, SyncPolicy, DATA_DIR_ENV};
+#[cfg(not(loom))]
+pub use topic::{Topic, TopicManager, NAMESPACE_ENV};
 #[cfg(not(loom))]
 pub use wait::WaitStrategy;
 #[cfg(not(loom))]

@@ -859,16 +859,19 @@ pub fn make_dir(dir: &std::path::Path, mode: u32) -> Result<(), OsError> {
 /// `fsync` the directory `dir`, so that names created or removed in it
 /// survive a power loss.
 pub fn sync_dir(dir: &std::path::Path) -> Result<(), OsError> {
-    let f = std::fs::File::open(dir)
-        .map_err(|e| OsError::new("open", &path_str(dir), errno_of(&e)))?;
+    let f =
+        std::fs::File::open(dir).map_err(|e| OsError::new("open", &path_str(dir), errno_of(&e)))?;
     f.sync_all()
         .map_err(|e| OsError::new("fsync", &path_str(dir), errno_of(&e)))
 }
 
 /// Whether this process may create files in `dir` (`access(W_OK | X_OK)`).
 pub fn dir_writable(dir: &std::path::Path) -> bool {
-    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
-        .is_ok()
+    nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_ok()
 }
 
 /// Names of the entries of directory `dir` that start with `prefix`

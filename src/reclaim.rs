@@ -388,7 +388,15 @@ fn reap_topic(
         Ok(None) => return,
         // A durable topic's files are never removed as malformed: report.
         Err(e) if store.is_file() => {
-            return malformed(meta_file, &e, ReapOptions { force: false, ..opts }, report)
+            return malformed(
+                meta_file,
+                &e,
+                ReapOptions {
+                    force: false,
+                    ..opts
+                },
+                report,
+            )
         }
         Err(e) => return malformed(meta_file, &e, opts, report),
     };

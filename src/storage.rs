@@ -89,10 +89,9 @@ impl SyncPolicy {
     pub(crate) fn code(self) -> (u32, u64) {
         match self {
             SyncPolicy::None => (SYNC_NONE, 0),
-            SyncPolicy::Interval(d) => (
-                SYNC_INTERVAL,
-                d.as_nanos().min(u128::from(u64::MAX)) as u64,
-            ),
+            SyncPolicy::Interval(d) => {
+                (SYNC_INTERVAL, d.as_nanos().min(u128::from(u64::MAX)) as u64)
+            }
             SyncPolicy::EveryBatch => (SYNC_EVERY_BATCH, 0),
         }
     }
@@ -179,7 +178,9 @@ impl Storage {
     pub(crate) fn create(&self, region: &str, len: usize, mode: u32) -> Result<ShmFd, OsError> {
         match self {
             Storage::Shm => os::shm_create(region, len, mode),
-            Storage::File { .. } => os::file_create(&self.path_or_einval("open", region)?, len, mode),
+            Storage::File { .. } => {
+                os::file_create(&self.path_or_einval("open", region)?, len, mode)
+            }
         }
     }
 

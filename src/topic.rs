@@ -219,13 +219,15 @@ impl TopicManager {
                 Storage::File { .. } => storage::check_free(storage, &meta_name, need)?,
             }
         }
-        let meta = Region::create_meta_in(storage, &meta_name, header, config.mode).map_err(|e| match e {
-            Error::Os(os) if os.errno == nix::errno::Errno::EEXIST => Error::TopicExists {
-                namespace: self.ns.clone(),
-                topic: topic.to_string(),
+        let meta = Region::create_meta_in(storage, &meta_name, header, config.mode).map_err(
+            |e| match e {
+                Error::Os(os) if os.errno == nix::errno::Errno::EEXIST => Error::TopicExists {
+                    namespace: self.ns.clone(),
+                    topic: topic.to_string(),
+                },
+                e => e,
             },
-            e => e,
-        })?;
+        )?;
         let mut parts = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
             let pname = name::partition_region(&self.ns, topic, p);
@@ -971,8 +973,15 @@ impl TopicInner {
             .retention
             .as_nanos()
             .min(u128::from(u64::MAX / 4)) as u64;
-        let region =
-            create_partition_region(&self.config.storage, &pname, self.geo, p, &self.config, ttl, writer)?;
+        let region = create_partition_region(
+            &self.config.storage,
+            &pname,
+            self.geo,
+            p,
+            &self.config,
+            ttl,
+            writer,
+        )?;
         if self.config.storage.is_file() {
             let _ = region.sync_range(0, crate::layout::PARTITION_HEADER);
             self.config.storage.sync_names(&self.ns);
