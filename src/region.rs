@@ -461,6 +461,7 @@ impl Region {
         if !self.file {
             return Ok(());
         }
+        crate::storage::count_sync();
         self.map
             .sync_range(offset, len)
             .map_err(|e| Error::from_os(e, len))

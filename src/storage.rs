@@ -454,6 +454,19 @@ pub fn data_dir_from_env() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+static SYNCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times this process forced a durable region to the disk (one
+/// `msync` call each). For tests that prove a sync policy is applied.
+#[doc(hidden)]
+pub fn sync_count() -> u64 {
+    SYNCS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub(crate) fn count_sync() {
+    SYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Meta-header flag: the topic's regions are files.
 pub(crate) const FLAG_FILE: u32 = 1;
 /// Meta-header flag: the supervisor removes the files when the lease

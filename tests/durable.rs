@@ -671,3 +671,64 @@ fn bad_input_gets_typed_errors() {
 fn nix_is_root() -> bool {
     std::fs::metadata("/proc/self").map_or(false, |m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
+
+#[test]
+fn sync_policies_force_what_they_promise() {
+    use shmq::protocol::storage::sync_count;
+    let g = ShmGuard::new("dursync");
+    let dir = tempfile::tempdir().unwrap();
+    let mgr = g.manager();
+    let cfg = |sync| durable(dir.path()).partitions(1).slots(64).sync(sync);
+    // The count is per process and other tests of this binary may sync
+    // meanwhile: only lower bounds are exact.
+    let every = mgr.create("every", cfg(SyncPolicy::EveryBatch)).unwrap();
+    let mut p = Producer::new(&every).unwrap();
+    let before = sync_count();
+    for _ in 0..10 {
+        p.send_batch(&[b"a", b"b"]).unwrap();
+    }
+    p.send(b"c").unwrap();
+    let mut c = Consumer::new(&every, "g").unwrap();
+    c.poll(100).unwrap();
+    c.commit().unwrap();
+    assert!(
+        sync_count() - before >= 12,
+        "EveryBatch: {} syncs for 11 sends and a commit",
+        sync_count() - before
+    );
+    drop((p, c));
+
+    let interval = mgr
+        .create("interval", cfg(SyncPolicy::Interval(Duration::from_millis(50))))
+        .unwrap();
+    let mut p = Producer::new(&interval).unwrap();
+    std::thread::sleep(Duration::from_millis(60));
+    let before = sync_count();
+    p.send(b"x").unwrap(); // due: forced
+    assert!(sync_count() > before, "Interval: no sync when due");
+    let before = sync_count();
+    drop(p); // a producer going away forces what it wrote
+    assert!(sync_count() > before, "Interval: no sync when the producer is dropped");
+
+    // None and shared memory never sync: 2000 sends add (far) fewer than
+    // 2000 syncs, whatever other tests do meanwhile.
+    let none = mgr.create("none", cfg(SyncPolicy::None)).unwrap();
+    let shm = mgr
+        .create("shm", TopicConfig::default().partitions(1).slots(64))
+        .unwrap();
+    let mut pn = Producer::new(&none).unwrap();
+    let mut ps = Producer::new(&shm).unwrap();
+    let before = sync_count();
+    for _ in 0..1000 {
+        pn.send(b"n").unwrap();
+        ps.send(b"s").unwrap();
+    }
+    drop((pn, ps));
+    assert!(
+        sync_count() - before < 100,
+        "None/shm synced {} times for 2000 sends",
+        sync_count() - before
+    );
+    drop((every, interval, none, shm, mgr));
+    g.finish();
+}
