@@ -15,9 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use shmq::{
-    Consumer, Producer, SeekPolicy, Storage, SyncPolicy, TopicConfig, TopicManager,
-};
+use shmq::{Consumer, Producer, SeekPolicy, Storage, SyncPolicy, TopicConfig, TopicManager};
 
 fn run(mgr: &TopicManager, name: &str, config: TopicConfig, records: u64, batch: usize) -> f64 {
     let topic = mgr.create(name, config).expect("create");
@@ -93,7 +91,12 @@ fn main() {
             records,
             64,
         ),
-        ("file, sync every-batch", file(SyncPolicy::EveryBatch), records, 64),
+        (
+            "file, sync every-batch",
+            file(SyncPolicy::EveryBatch),
+            records,
+            64,
+        ),
         (
             "file, sync every-batch, single sends",
             file(SyncPolicy::EveryBatch),

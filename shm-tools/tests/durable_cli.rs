@@ -20,8 +20,18 @@ fn durable_topic_survives_a_wiped_dev_shm_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let out = ns.ok(&[
-        "create", "ledger", "--storage", d, "--sync", "every-batch", "--partitions", "1",
-        "--slots", "64", "--slot-size", "100",
+        "create",
+        "ledger",
+        "--storage",
+        d,
+        "--sync",
+        "every-batch",
+        "--partitions",
+        "1",
+        "--slots",
+        "64",
+        "--slot-size",
+        "100",
     ]);
     assert!(out.contains(d) && out.contains("every-batch"), "{out}");
     assert!(dir.path().join(&ns.0).join("ledger.p0").is_file());
@@ -52,7 +62,11 @@ fn durable_topic_survives_a_wiped_dev_shm_through_the_cli() {
         .env("SHMQ_DATA_DIR", d)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\nthree\n");
     ns.ok(&["delete", "ledger", "--storage", d]);
     assert_eq!(
@@ -74,7 +88,14 @@ fn durable_create_bad_input_exits_with_usage_code() {
     );
     assert!(err.contains("does not exist"), "{err}");
     let err = ns.fails(
-        &["create", "t", "--storage", dir.path().to_str().unwrap(), "--sync", "sometimes"],
+        &[
+            "create",
+            "t",
+            "--storage",
+            dir.path().to_str().unwrap(),
+            "--sync",
+            "sometimes",
+        ],
         b"",
         2,
     );
