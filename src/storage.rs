@@ -454,17 +454,17 @@ pub fn data_dir_from_env() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-static SYNCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SYNCS: crate::sync::AtomicU64 = crate::sync::AtomicU64::new(0);
 
 /// How many times this process forced a durable region to the disk (one
 /// `msync` call each). For tests that prove a sync policy is applied.
 #[doc(hidden)]
 pub fn sync_count() -> u64 {
-    SYNCS.load(std::sync::atomic::Ordering::Relaxed)
+    SYNCS.load(crate::sync::Ordering::Relaxed)
 }
 
 pub(crate) fn count_sync() {
-    SYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    SYNCS.fetch_add(1, crate::sync::Ordering::Relaxed);
 }
 
 /// Meta-header flag: the topic's regions are files.
