@@ -134,7 +134,11 @@ impl TopicManager {
     /// [`Error::TopicExists`], [`Error::InvalidName`], [`Error::InvalidConfig`],
     /// [`Error::NoSpace`] when `/dev/shm` is full or the topic is too large
     /// for the host (see [`TopicManager::force_size`]); nothing is left
-    /// behind then. [`Error::PermissionDenied`].
+    /// behind then. [`Error::PermissionDenied`]. For a durable topic
+    /// ([`TopicConfig::storage`]): [`Error::DataDir`] for a missing or
+    /// unwritable directory, [`Error::NoSpace`] when its file system cannot
+    /// hold the topic, [`Error::TopicExists`] also when the directory holds
+    /// the topic's files already (open it instead).
     pub fn create(&self, topic: &str, config: TopicConfig) -> Result<Topic> {
         name::validate_topic(topic)?;
         let geo = config.validate()?;
@@ -535,7 +539,8 @@ impl TopicManager {
     }
 
     /// Delete a topic: unlink every region and mark it reclaimed (attached
-    /// processes get [`Error::LeaseExpired`] on their next operation).
+    /// processes get [`Error::LeaseExpired`] on their next operation). A
+    /// durable topic's files are removed, then its registry stub.
     /// Returns whether anything was removed (`false`: no such topic).
     ///
     /// Stops at the first region it may not remove, leaving that region and
