@@ -739,3 +739,35 @@ fn sync_policies_force_what_they_promise() {
     drop((every, interval, none, shm, mgr));
     g.finish();
 }
+
+#[test]
+fn a_durable_topic_grows_in_files() {
+    let g = ShmGuard::new("durgrow");
+    let dir = tempfile::tempdir().unwrap();
+    // Two managers: two liveness tokens, as two processes would have.
+    let a = manual(&g);
+    let b = manual(&g);
+    let ta = a
+        .create("grow", durable(dir.path()).partitions(1).max_partitions(2))
+        .unwrap();
+    let mut pa = Producer::new(&ta).unwrap();
+    let tb = b.open("grow").unwrap();
+    let mut pb = Producer::new(&tb).unwrap();
+    assert_eq!(
+        pb.partitions(),
+        vec![1],
+        "the second producer did not grow the topic"
+    );
+    assert!(dir.path().join(g.ns()).join("grow.p1").is_file());
+    assert!(!shm_files(g.ns()).iter().any(|f| f.ends_with(".p1")));
+    pa.send(b"zero").unwrap();
+    assert_eq!(pb.send(b"one").unwrap().partition, 1);
+    drop((pa, pb, ta, tb, a, b));
+    wipe_shm(g.ns());
+    let mgr = manual(&g).with_data_dir(Some(dir.path().to_path_buf()));
+    let t = mgr.open("grow").unwrap();
+    assert_eq!(t.partitions(), 2);
+    assert_eq!(t.write_offset(1).unwrap(), 1);
+    drop((t, mgr));
+    g.finish();
+}
