@@ -7,6 +7,7 @@ use crate::layout::{
     self, Geometry, DEFAULT_MAX_PARTITIONS, GROUP_CAPACITY, MAX_GROUP_CAPACITY,
     MAX_MEMBER_CAPACITY, MAX_PARTITIONS, MEMBER_CAPACITY,
 };
+use crate::storage::{Storage, SyncPolicy};
 
 /// What the writer does when the ring is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,6 +75,19 @@ pub struct TopicConfig {
     /// reserves a 64-byte line per possible partition in every consumer
     /// group. Default 64.
     pub max_partitions: u32,
+    /// Where the regions live: shared memory (the default) or files in a
+    /// data directory, which survive a reboot (durable topics; see the
+    /// README's "Durability" section).
+    pub storage: Storage,
+    /// For durable topics: when writes and commits are forced to the disk.
+    /// Default [`SyncPolicy::None`]. Ignored for shared memory.
+    pub sync: SyncPolicy,
+    /// For durable topics: whether the supervisor removes the files once
+    /// the lease (`retention`) expires. Default `false`: a durable topic's
+    /// files stay until it is deleted. Set by [`TopicConfig::retention`]
+    /// (a topic "created with a retention"); shared-memory topics always
+    /// expire.
+    pub expire_files: bool,
 }
 
 impl Default for TopicConfig {
@@ -90,6 +104,9 @@ impl Default for TopicConfig {
             max_groups: GROUP_CAPACITY,
             max_members: MEMBER_CAPACITY,
             max_partitions: DEFAULT_MAX_PARTITIONS,
+            storage: Storage::Shm,
+            sync: SyncPolicy::None,
+            expire_files: false,
         }
     }
 }
@@ -119,9 +136,29 @@ impl TopicConfig {
         self.slot_size = bytes;
         self
     }
-    /// Set the retention (lease TTL).
+    /// Set the retention (lease TTL). On a durable topic this also sets
+    /// [`TopicConfig::expire_files`]: the supervisor removes its files once
+    /// the lease expires.
     pub fn retention(mut self, d: Duration) -> Self {
         self.retention = d;
+        self.expire_files = true;
+        self
+    }
+    /// Keep the regions in `storage` (e.g. `Storage::File { dir }` for a
+    /// durable topic).
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+    /// Set the sync policy of a durable topic.
+    pub fn sync(mut self, policy: SyncPolicy) -> Self {
+        self.sync = policy;
+        self
+    }
+    /// Set whether the supervisor removes a durable topic's files once its
+    /// lease expires.
+    pub fn expire_files(mut self, expire: bool) -> Self {
+        self.expire_files = expire;
         self
     }
     /// Set the overflow policy.
@@ -213,6 +250,13 @@ impl TopicConfig {
                 self.group_retention,
                 u32::MAX
             ));
+        }
+        if let SyncPolicy::Interval(d) = self.sync {
+            if d.is_zero() || d.as_nanos() > u128::from(u64::MAX) {
+                return bad(format!(
+                    "sync interval = {d:?}; must be more than 0 (use SyncPolicy::EveryBatch to sync every batch)"
+                ));
+            }
         }
         if self.max_groups == 0 || self.max_groups > MAX_GROUP_CAPACITY {
             return bad(format!(
@@ -330,5 +374,18 @@ pub(crate) fn differences(asked: &TopicConfig, existing: &TopicConfig) -> Vec<Co
         format!("{} ms", ms(asked.dead_group_timeout)),
         format!("{} ms", ms(existing.dead_group_timeout)),
     );
+    diff(
+        "storage",
+        asked.storage.to_string(),
+        existing.storage.to_string(),
+    );
+    if existing.storage.is_file() {
+        diff("sync", asked.sync.to_string(), existing.sync.to_string());
+        diff(
+            "expire_files",
+            asked.expire_files.to_string(),
+            existing.expire_files.to_string(),
+        );
+    }
     out
 }

@@ -215,7 +215,7 @@ pub enum Error {
     /// `/dev/shm` or the host's memory has no room: an allocation failed,
     /// or a topic was refused before anything was allocated because it
     /// would not fit (see [`crate::TopicManager::force_size`]).
-    #[error("no space in /dev/shm for {region} ({bytes} bytes); {detail}")]
+    #[error("no space for {region} ({bytes} bytes); {detail}")]
     NoSpace {
         /// Region (for a refused topic, its meta region).
         region: String,
@@ -297,6 +297,15 @@ pub enum Error {
         topic: String,
         /// The topic's `max_partitions`.
         max_partitions: u32,
+    },
+    /// The data directory of a durable topic is missing, not a directory,
+    /// or not writable.
+    #[error("data directory {}: {problem}", dir.display())]
+    DataDir {
+        /// The directory given.
+        dir: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
     },
 }
 

@@ -564,6 +564,7 @@ impl ConsumerGroup {
             .committed
             .store(next_offset.saturating_add(1), Ordering::Release);
         self.m.touch(os::now_ns());
+        self.m.topic.inner.after_commit()?;
         Ok(true)
     }
 

@@ -270,7 +270,15 @@ pub struct MetaHeader {
     /// Growth claim: `target << 32 | token` of the process creating
     /// partition `target`; token 0 = nobody. See `crate::growth`.
     pub grow: AtomicU64,
-    _pad2: [u64; 6],
+    _pad2: [u64; 4],
+    /// Durable topics (issue 16; 0 for shared memory): bit 0 = the regions
+    /// are files, bit 1 = the supervisor removes them when the lease
+    /// expires. See `crate::storage`.
+    pub storage_flags: u32,
+    /// Sync policy of a durable topic: 0 none, 1 interval, 2 every batch.
+    pub sync_mode: u32,
+    /// The interval of sync policy 1, in nanoseconds.
+    pub sync_interval_ns: u64,
 }
 
 /// One consumer group's header (64 bytes), followed in memory by its member
@@ -600,7 +608,10 @@ impl MetaHeader {
             partition_count: AtomicU32::new(partitions),
             max_partitions,
             grow: AtomicU64::new(0),
-            _pad2: [0; 6],
+            _pad2: [0; 4],
+            storage_flags: 0,
+            sync_mode: 0,
+            sync_interval_ns: 0,
         }
     }
 

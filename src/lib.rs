@@ -133,6 +133,11 @@ pub mod protocol {
     pub mod token {
         pub use crate::token::*;
     }
+    /// See the crate's `storage` module.
+    #[cfg(not(loom))]
+    pub mod storage {
+        pub use crate::storage::*;
+    }
 }
 
 #[cfg(all(not(loom), feature = "tokio"))]
@@ -178,6 +183,8 @@ mod slots;
 #[cfg(not(loom))]
 mod stats;
 #[cfg(not(loom))]
+mod storage;
+#[cfg(not(loom))]
 mod token;
 #[cfg(not(loom))]
 mod topic;
@@ -222,6 +229,8 @@ pub use ring::RecordBuf;
 pub use stats::{
     GroupPartitionStats, GroupStats, MemberStats, PartitionStats, TopicStats, WriterInfo,
 };
+#[cfg(not(loom))]
+pub use storage::{Storage, SyncPolicy, DATA_DIR_ENV};
 #[cfg(not(loom))]
 pub use topic::{Topic, TopicManager, NAMESPACE_ENV};
 #[cfg(not(loom))]

@@ -103,10 +103,10 @@ impl OffsetStore for ShmOffsetStore {
             // SYNC POINT "free vs join": a group freed at this moment
             // (retention) did not keep the commit; store it in the new one.
             if proto::still_ready(&view.header.state, found.word) {
-                return Ok(());
+                return inner.after_commit();
             }
         }
-        Ok(())
+        inner.after_commit()
     }
 }
 

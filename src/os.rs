@@ -772,3 +772,183 @@ fn cgroup_free() -> Option<u64> {
     }
     best
 }
+
+// ---------------------------------------------------------------------------
+// Durable storage (issue 16): regions as files in a data directory. The
+// choice between these and the `shm_*` calls above is made in one place,
+// `crate::storage`.
+// ---------------------------------------------------------------------------
+
+fn path_str(path: &std::path::Path) -> String {
+    path.display().to_string()
+}
+
+fn c_path(call: &'static str, path: &std::path::Path) -> Result<CString, OsError> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| OsError::new(call, &path_str(path), Errno::EINVAL))
+}
+
+/// Create the file `path` exclusively with `mode`, size it to `len` and
+/// pre-allocate its blocks (`posix_fallocate`), so that a full disk fails
+/// here with `ENOSPC` rather than as a `SIGBUS` when a page of the mapping
+/// is first written back. On failure nothing is left behind. The returned
+/// [`ShmFd`] maps the file like a shared-memory object.
+pub fn file_create(path: &std::path::Path, len: usize, mode: u32) -> Result<ShmFd, OsError> {
+    let object = path_str(path);
+    let c = c_path("open", path)?;
+    let fd = nix::fcntl::open(
+        c.as_c_str(),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(mode),
+    )
+    .map_err(|e| OsError::new("open", &object, e))?;
+    let fd = {
+        use std::os::fd::FromRawFd;
+        // SAFETY: `open` just returned this descriptor; nothing else owns it.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
+    // open applies the umask; put back exactly the mode asked for.
+    let _ = nix::sys::stat::fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode));
+    let cleanup = |call: &'static str, e: Errno| {
+        let _ = nix::unistd::unlink(c.as_c_str());
+        OsError::new(call, &object, e)
+    };
+    let size = libc::off_t::try_from(len).map_err(|_| cleanup("ftruncate", Errno::EFBIG))?;
+    nix::unistd::ftruncate(fd.as_fd(), size).map_err(|e| cleanup("ftruncate", e))?;
+    nix::fcntl::posix_fallocate(fd.as_raw_fd(), 0, size)
+        .map_err(|e| cleanup("posix_fallocate", e))?;
+    Ok(ShmFd { fd, name: object })
+}
+
+/// Open the existing file `path` read-write (never through a symbolic link).
+pub fn file_open_existing(path: &std::path::Path) -> Result<ShmFd, OsError> {
+    let object = path_str(path);
+    let c = c_path("open", path)?;
+    let fd = nix::fcntl::open(
+        c.as_c_str(),
+        OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| OsError::new("open", &object, e))?;
+    use std::os::fd::FromRawFd;
+    Ok(ShmFd {
+        // SAFETY: `open` just returned this descriptor; nothing else owns it.
+        fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        name: object,
+    })
+}
+
+/// Remove the file `path` (mappings stay valid until unmapped).
+pub fn file_remove(path: &std::path::Path) -> Result<(), OsError> {
+    let c = c_path("unlink", path)?;
+    nix::unistd::unlink(c.as_c_str()).map_err(|e| OsError::new("unlink", &path_str(path), e))
+}
+
+/// Create directory `dir` with `mode` if it does not exist (its parent
+/// must). Succeeds if it exists already as a directory.
+pub fn make_dir(dir: &std::path::Path, mode: u32) -> Result<(), OsError> {
+    let c = c_path("mkdir", dir)?;
+    match nix::unistd::mkdir(c.as_c_str(), Mode::from_bits_truncate(mode)) {
+        Ok(()) => Ok(()),
+        Err(Errno::EEXIST) if dir.is_dir() => Ok(()),
+        Err(e) => Err(OsError::new("mkdir", &path_str(dir), e)),
+    }
+}
+
+/// `fsync` the directory `dir`, so that names created or removed in it
+/// survive a power loss.
+pub fn sync_dir(dir: &std::path::Path) -> Result<(), OsError> {
+    let f =
+        std::fs::File::open(dir).map_err(|e| OsError::new("open", &path_str(dir), errno_of(&e)))?;
+    f.sync_all()
+        .map_err(|e| OsError::new("fsync", &path_str(dir), errno_of(&e)))
+}
+
+/// Whether this process may create files in `dir` (`access(W_OK | X_OK)`).
+pub fn dir_writable(dir: &std::path::Path) -> bool {
+    nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_ok()
+}
+
+/// Names of the entries of directory `dir` that start with `prefix`
+/// (sorted; empty if the directory does not exist).
+pub fn list_dir(dir: &std::path::Path, prefix: &str) -> Result<Vec<String>, OsError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(OsError::new("opendir", &path_str(dir), errno_of(&e))),
+    };
+    let mut out: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Read up to `buf.len()` bytes from the start of `name` in [`SHM_DIR`]
+/// (never through a symbolic link); `Ok(None)` if there is no such file.
+pub fn read_shm_prefix(name: &str, buf: &mut [u8]) -> Result<Option<usize>, OsError> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let path = format!("{SHM_DIR}/{name}");
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(OsError::new("open", name, errno_of(&e))),
+    };
+    file.read_at(buf, 0)
+        .map(Some)
+        .map_err(|e| OsError::new("pread", name, errno_of(&e)))
+}
+
+/// Free bytes for an unprivileged user on the file system holding `dir`
+/// (`statvfs`: `f_bavail * f_frsize`), `None` if it cannot be read.
+#[allow(clippy::unnecessary_cast)]
+pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let v = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((v.blocks_available() as u64).saturating_mul(v.fragment_size() as u64))
+}
+
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf takes an integer and returns one.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(p)
+            .ok()
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096)
+    })
+}
+
+impl Mapping {
+    /// Write the dirty pages of bytes `offset .. offset + len` of a file
+    /// mapping to the file and wait for the device (`msync(MS_SYNC)`, which
+    /// on Linux also flushes the file's data the way `fdatasync` does). The
+    /// range is widened to whole pages and clamped to the mapping.
+    pub fn sync_range(&self, offset: usize, len: usize) -> Result<(), OsError> {
+        let page = page_size();
+        let start = (offset.min(self.len)) & !(page - 1);
+        let end = offset.saturating_add(len).min(self.len);
+        if end <= start {
+            return Ok(());
+        }
+        // SAFETY: `start` is page-aligned and `start .. end` lies inside the
+        // mapping (clamped above), which stays mapped while `self` lives.
+        let ptr = unsafe { self.ptr.as_ptr().add(start) };
+        let nn = NonNull::new(ptr.cast::<libc::c_void>())
+            .ok_or_else(|| OsError::new("msync", "mapping", Errno::EINVAL))?;
+        // SAFETY: msync only reads the page tables of a range we own.
+        unsafe { nix::sys::mman::msync(nn, end - start, nix::sys::mman::MsFlags::MS_SYNC) }
+            .map_err(|e| OsError::new("msync", "mapping", e))
+    }
+}

@@ -443,6 +443,7 @@ impl Producer {
         if o.writer.commit(hdr) {
             wait::wake_all(inner.meta.meta_header());
         }
+        inner.after_publish(o.partition, offset, offset.wrapping_add(1))?;
         Ok(Sent {
             partition: o.partition,
             offset,
@@ -487,7 +488,8 @@ impl Producer {
         if o.writer.commit(hdr) {
             wait::wake_all(inner.meta.meta_header());
         }
-        result.map(|()| SentBatch {
+        let synced = inner.after_publish(o.partition, first_offset, o.writer.next_offset());
+        result.and(synced).map(|()| SentBatch {
             partition: o.partition,
             first_offset,
             count: values.len(),
@@ -499,6 +501,7 @@ impl Drop for Producer {
     fn drop(&mut self) {
         for o in &self.owned {
             if let Some(part) = self.topic.inner.mapped(o.partition) {
+                self.topic.inner.sync_on_close(o.partition);
                 writer_lease::release(&part.header().writer, o.writer.lease_word());
             }
         }

@@ -24,6 +24,13 @@
 //! * **malformed** files named like regions (wrong magic, version, size) are
 //!   reported and left alone, unless `force` is set.
 //!
+//! * **durable topics** (files in a data directory, found through their
+//!   registry stub in `/dev/shm` or in the data directory given to
+//!   [`reap_in`]): their files are removed at expiry only when the topic
+//!   was created with a retention (`TopicConfig::expire_files`); otherwise
+//!   they are live topics whatever their lease says (a reboot, or a week
+//!   with nobody attached, must not lose a durable log). The stub goes last.
+//!
 //! Two supervisors may run at once: every destructive step is decided by a
 //! CAS on the lease or is idempotent (unlinking twice is harmless).
 
@@ -36,6 +43,7 @@ use crate::lease::{self, Reclaim};
 use crate::name::{self, RegionName};
 use crate::os;
 use crate::region::Region;
+use crate::storage::{self, Lookup, Storage};
 use crate::token::{self, Liveness};
 
 /// Options of one reclamation pass.
@@ -220,6 +228,19 @@ pub fn namespaces() -> Result<Vec<String>> {
 /// An invalid namespace name, or `/dev/shm` cannot be listed. Problems with
 /// single files are reported as actions, never as errors.
 pub fn reap(ns: &str, opts: ReapOptions) -> Result<ReapReport> {
+    reap_in(ns, opts, None)
+}
+
+/// [`reap`], and also the durable topics of namespace `ns` whose files are
+/// in `data_dir` but which `/dev/shm` no longer knows (after a reboot).
+///
+/// # Errors
+/// As [`reap`].
+pub fn reap_in(
+    ns: &str,
+    opts: ReapOptions,
+    data_dir: Option<&std::path::Path>,
+) -> Result<ReapReport> {
     name::validate_namespace(ns)?;
     let now = os::now_ns();
     let grace = opts.grace.as_nanos().min(u128::from(u64::MAX)) as u64;
@@ -233,9 +254,36 @@ pub fn reap(ns: &str, opts: ReapOptions) -> Result<ReapReport> {
 
     for file in &files {
         match name::parse(ns, file) {
-            Some(RegionName::Meta { topic }) => {
-                reap_topic(ns, &topic, file, &files, now, grace, opts, &mut report);
-            }
+            Some(RegionName::Meta { topic }) => match storage::lookup(ns, &topic) {
+                Ok(Lookup::File(dir)) => {
+                    let store = Storage::File { dir };
+                    let parts = store
+                        .list(&name::topic_prefix(ns, &topic))
+                        .unwrap_or_default();
+                    reap_topic(
+                        &store,
+                        ns,
+                        &topic,
+                        file,
+                        &parts,
+                        now,
+                        grace,
+                        opts,
+                        &mut report,
+                    );
+                }
+                _ => reap_topic(
+                    &Storage::Shm,
+                    ns,
+                    &topic,
+                    file,
+                    &files,
+                    now,
+                    grace,
+                    opts,
+                    &mut report,
+                ),
+            },
             Some(RegionName::Partition { topic, .. }) => {
                 if exists(&name::meta_region(ns, &topic)) {
                     continue; // handled with its topic
@@ -285,6 +333,32 @@ pub fn reap(ns: &str, opts: ReapOptions) -> Result<ReapReport> {
             }
         }
     }
+    // Durable topics without a stub (after a reboot).
+    if let Some(dir) = data_dir {
+        let store = Storage::File {
+            dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+        };
+        for topic in storage::topics_in(dir, ns) {
+            let meta = name::meta_region(ns, &topic);
+            if exists(&meta) {
+                continue; // its stub was seen above
+            }
+            let parts = store
+                .list(&name::topic_prefix(ns, &topic))
+                .unwrap_or_default();
+            reap_topic(
+                &store,
+                ns,
+                &topic,
+                &meta,
+                &parts,
+                now,
+                grace,
+                opts,
+                &mut report,
+            );
+        }
+    }
     for a in &report.actions {
         tracing::info!(namespace = ns, dry_run = opts.dry_run, kind = a.kind(), action = ?a, "shmq: reclaim");
     }
@@ -302,6 +376,7 @@ fn malformed(file: &str, e: &Error, opts: ReapOptions, report: &mut ReapReport) 
 
 #[allow(clippy::too_many_arguments)]
 fn reap_topic(
+    store: &Storage,
     ns: &str,
     topic: &str,
     meta_file: &str,
@@ -311,11 +386,31 @@ fn reap_topic(
     opts: ReapOptions,
     report: &mut ReapReport,
 ) {
-    let meta = match Region::attach(meta_file, KIND_META) {
+    let meta = match Region::attach_in(store, meta_file, KIND_META) {
         Ok(Some(m)) => m,
         Ok(None) => return,
+        // A durable topic's files are never removed as malformed: report.
+        Err(e) if store.is_file() => {
+            return malformed(
+                meta_file,
+                &e,
+                ReapOptions {
+                    force: false,
+                    ..opts
+                },
+                report,
+            )
+        }
         Err(e) => return malformed(meta_file, &e, opts, report),
     };
+    if store.is_file() && meta.meta_header().storage_flags & storage::FLAG_EXPIRE_FILES == 0 {
+        // Created without a retention: kept until deleted.
+        report.live_topics += 1;
+        if !opts.dry_run {
+            sweep_groups(ns, topic, &meta, now, report);
+        }
+        return;
+    }
     let lease = &meta.meta_header().lease;
     let expiry = lease.expiry.load(crate::sync::Ordering::Acquire);
     let decision = if opts.dry_run {
@@ -343,17 +438,21 @@ fn reap_topic(
         Reclaim::Reclaimed | Reclaim::AlreadyReclaimed => {
             for p in &partitions {
                 if !opts.dry_run {
-                    if let Ok(Some(r)) = Region::attach(p, KIND_PARTITION) {
+                    if let Ok(Some(r)) = Region::attach_in(store, p, KIND_PARTITION) {
                         lease::mark_reclaimed(&r.partition_header().lease);
                     }
-                    let _ = os::shm_remove(p);
+                    let _ = store.remove(p);
                 }
-                regions.push((*p).clone());
+                regions.push(store.display(p));
             }
             if !opts.dry_run {
-                let _ = os::shm_remove(meta_file);
+                let _ = store.remove(meta_file);
+                if store.is_file() {
+                    store.sync_names(ns);
+                    storage::unregister(ns, topic);
+                }
             }
-            regions.push(meta_file.to_string());
+            regions.push(store.display(meta_file));
         }
     }
     match decision {

@@ -19,6 +19,7 @@ use crate::layout::{
     KIND_PARTITION, LAYOUT_VERSION, MAGIC, MAX_PARTITIONS,
 };
 use crate::os::{self, Mapping};
+use crate::storage::Storage;
 use crate::sync::Ordering;
 
 /// How long attach waits for a region still being initialised.
@@ -28,6 +29,9 @@ pub const ATTACH_WAIT: Duration = Duration::from_secs(2);
 pub struct Region {
     name: String,
     map: Mapping,
+    /// Whether the region is a file (a durable topic's), which
+    /// [`Region::sync_range`] forces to the disk.
+    file: bool,
 }
 
 impl std::fmt::Debug for Region {
@@ -61,23 +65,6 @@ pub(crate) fn geometry_problem(slots: u64, slot_size: u64) -> RegionProblem {
     })
 }
 
-/// If `/dev/shm/<name>` exists but is not a regular file (a directory, a
-/// symbolic link, ...), the error that says so: `shm_open` only reports an
-/// unhelpful `EINVAL` or `ELOOP` for those.
-fn not_an_object(name: &str) -> Option<Error> {
-    let meta = std::fs::symlink_metadata(std::path::Path::new(os::SHM_DIR).join(name)).ok()?;
-    let what = if meta.is_dir() {
-        "directory"
-    } else if meta.is_symlink() {
-        "symbolic link"
-    } else if meta.is_file() {
-        return None;
-    } else {
-        "special file"
-    };
-    Some(bad(name, RegionProblem::NotAnObject { what }))
-}
-
 impl Region {
     /// Region name (without the leading `/`).
     pub fn name(&self) -> &str {
@@ -108,9 +95,35 @@ impl Region {
         ttl_ns: u64,
         writer: u64,
     ) -> Result<Region> {
+        Self::create_partition_in(
+            &Storage::Shm,
+            name,
+            geo,
+            partition,
+            overflow,
+            mode,
+            now_ns,
+            ttl_ns,
+            writer,
+        )
+    }
+
+    /// [`Region::create_partition`] in `storage`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_partition_in(
+        storage: &Storage,
+        name: &str,
+        geo: Geometry,
+        partition: u32,
+        overflow: u32,
+        mode: u32,
+        now_ns: u64,
+        ttl_ns: u64,
+        writer: u64,
+    ) -> Result<Region> {
         let header = PartitionHeader::new(geo, partition, overflow, now_ns, ttl_ns);
         header.writer.store(writer, Ordering::Relaxed);
-        Self::create_with(name, geo.region_len, mode, header)
+        Self::create_with(storage, name, geo.region_len, mode, header)
     }
 
     /// Create a meta region from a filled-in header (group table zeroed).
@@ -118,8 +131,18 @@ impl Region {
     /// [`Region::publish_meta`] once every partition exists, so that opening
     /// a topic by its meta region never finds half a topic.
     pub fn create_meta(name: &str, header: MetaHeader, mode: u32) -> Result<Region> {
+        Self::create_meta_in(&Storage::Shm, name, header, mode)
+    }
+
+    /// [`Region::create_meta`] in `storage`.
+    pub fn create_meta_in(
+        storage: &Storage,
+        name: &str,
+        header: MetaHeader,
+        mode: u32,
+    ) -> Result<Region> {
         let len = header.region_len as usize;
-        Self::create_unpublished(name, len, mode, header)
+        Self::create_unpublished(storage, name, len, mode, header)
     }
 
     /// Publish a meta region created by [`Region::create_meta`].
@@ -128,8 +151,14 @@ impl Region {
         self.meta_header().magic.store(MAGIC, Ordering::Release);
     }
 
-    fn create_with<H: HasMagic>(name: &str, len: usize, mode: u32, header: H) -> Result<Region> {
-        let region = Self::create_unpublished(name, len, mode, header)?;
+    fn create_with<H: HasMagic>(
+        storage: &Storage,
+        name: &str,
+        len: usize,
+        mode: u32,
+        header: H,
+    ) -> Result<Region> {
+        let region = Self::create_unpublished(storage, name, len, mode, header)?;
         // SYNC POINT "initialised": everything written above becomes visible
         // to an attacher that loads MAGIC with Acquire.
         region.header::<H>().magic().store(MAGIC, Ordering::Release);
@@ -137,18 +166,19 @@ impl Region {
     }
 
     fn create_unpublished<H: HasMagic>(
+        storage: &Storage,
         name: &str,
         len: usize,
         mode: u32,
         header: H,
     ) -> Result<Region> {
         assert!(len >= std::mem::size_of::<H>());
-        let fd = os::shm_create(name, len, mode).map_err(|e| match e.errno {
+        let fd = storage.create(name, len, mode).map_err(|e| match e.errno {
             Errno::EEXIST => Error::Os(e),
-            _ => Error::from_os(e, len),
+            _ => storage.create_error(e, len),
         })?;
         let map = fd.map(len).map_err(|e| {
-            let _ = os::shm_remove(name);
+            let _ = storage.remove(name);
             Error::from_os(e, len)
         })?;
         let ptr = map.as_ptr().cast::<H>();
@@ -159,6 +189,7 @@ impl Region {
         Ok(Region {
             name: name.to_string(),
             map,
+            file: storage.is_file(),
         })
     }
 
@@ -166,11 +197,25 @@ impl Region {
     /// creator to finish, and check magic, version and `kind`. Returns
     /// `Ok(None)` if no such object exists.
     pub fn attach(name: &str, kind: u32) -> Result<Option<Region>> {
-        let fd = match os::shm_open_existing(name) {
+        Self::attach_in(&Storage::Shm, name, kind)
+    }
+
+    /// [`Region::attach`] in `storage`; errors name the file of a durable
+    /// region.
+    pub fn attach_in(storage: &Storage, name: &str, kind: u32) -> Result<Option<Region>> {
+        let fd = match storage.open(name) {
             Ok(fd) => fd,
             Err(e) if e.errno == Errno::ENOENT => return Ok(None),
-            Err(e) => return Err(not_an_object(name).unwrap_or_else(|| Error::from_os(e, 0))),
+            Err(e) => {
+                return Err(storage
+                    .not_an_object(name)
+                    .unwrap_or_else(|| Error::from_os(e, 0)))
+            }
         };
+        let region_name = name;
+        // Errors name the file of a durable region.
+        let shown = storage.display(name);
+        let name = shown.as_str();
         let min = match kind {
             KIND_PARTITION => layout::PARTITION_HEADER,
             _ => layout::META_HEADER,
@@ -217,8 +262,9 @@ impl Region {
             std::thread::sleep(Duration::from_millis(1));
         };
         let region = Region {
-            name: name.to_string(),
+            name: region_name.to_string(),
             map,
+            file: storage.is_file(),
         };
         loop {
             // SYNC POINT "initialised": pairs with the creator's Release store.
@@ -399,6 +445,26 @@ impl Region {
                 partitions: parts,
             }
         }
+    }
+
+    /// Whether the region is a file (a durable topic's).
+    pub fn is_file(&self) -> bool {
+        self.file
+    }
+
+    /// Force bytes `offset .. offset + len` of a file region to the disk
+    /// (see [`Mapping::sync_range`]); nothing for shared memory.
+    ///
+    /// # Errors
+    /// `msync` failed (an I/O error of the device).
+    pub fn sync_range(&self, offset: usize, len: usize) -> Result<()> {
+        if !self.file {
+            return Ok(());
+        }
+        crate::storage::count_sync();
+        self.map
+            .sync_range(offset, len)
+            .map_err(|e| Error::from_os(e, len))
     }
 
     /// Base address of the mapping (for the raw slot accessor).

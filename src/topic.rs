@@ -14,7 +14,8 @@ use crate::os;
 use crate::region::{GroupView, MetaGeometry, Region, ATTACH_WAIT};
 use crate::renewal::{self, RenewalPolicy};
 use crate::slots::MappedSlots;
-use crate::sync::{AtomicU32, Ordering};
+use crate::storage::{self, Lookup, Storage, SyncPolicy};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::token::{self, Token};
 
 /// How long a producer that needs a new partition waits for another live
@@ -50,6 +51,9 @@ pub struct TopicManager {
     token: Arc<Token>,
     renewal: RenewalPolicy,
     force_size: bool,
+    /// Where durable topics are looked for when `/dev/shm` has no registry
+    /// stub for them (after a reboot).
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl TopicManager {
@@ -62,7 +66,10 @@ impl TopicManager {
         Self::with_namespace(&ns)
     }
 
-    /// A manager for namespace `ns`.
+    /// A manager for namespace `ns`. Durable topics that `/dev/shm` no
+    /// longer knows (after a reboot) are looked for in the data directory
+    /// named by `SHMQ_DATA_DIR`, if set (see
+    /// [`TopicManager::with_data_dir`]).
     ///
     /// # Errors
     /// An invalid namespace name, or `/dev/shm` unusable for the token.
@@ -74,7 +81,22 @@ impl TopicManager {
             token,
             renewal: RenewalPolicy::Background,
             force_size: false,
+            data_dir: storage::data_dir_from_env(),
         })
+    }
+
+    /// Look for durable topics in `dir` (`None`: only through `/dev/shm`'s
+    /// registry stubs) when opening, listing and deleting them. Overrides
+    /// `SHMQ_DATA_DIR`. Creating a durable topic takes its directory from
+    /// [`TopicConfig::storage`], not from here.
+    pub fn with_data_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.data_dir = dir;
+        self
+    }
+
+    /// The data directory durable topics are looked for in.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref()
     }
 
     /// Choose how topics opened from now on renew their leases.
@@ -112,10 +134,54 @@ impl TopicManager {
     /// [`Error::TopicExists`], [`Error::InvalidName`], [`Error::InvalidConfig`],
     /// [`Error::NoSpace`] when `/dev/shm` is full or the topic is too large
     /// for the host (see [`TopicManager::force_size`]); nothing is left
-    /// behind then. [`Error::PermissionDenied`].
+    /// behind then. [`Error::PermissionDenied`]. For a durable topic
+    /// ([`TopicConfig::storage`]): [`Error::DataDir`] for a missing or
+    /// unwritable directory, [`Error::NoSpace`] when its file system cannot
+    /// hold the topic, [`Error::TopicExists`] also when the directory holds
+    /// the topic's files already (open it instead).
     pub fn create(&self, topic: &str, config: TopicConfig) -> Result<Topic> {
         name::validate_topic(topic)?;
         let geo = config.validate()?;
+        let storage = config.storage.prepare(&self.ns, config.mode)?;
+        let config = TopicConfig {
+            storage: storage.clone(),
+            ..config
+        };
+        if let Storage::File { dir } = &storage {
+            let exists = || Error::TopicExists {
+                namespace: self.ns.clone(),
+                topic: topic.to_string(),
+            };
+            // The stub holds the meta name in /dev/shm: no shm topic of this
+            // name can be made while it exists, and the reverse.
+            storage::register(&self.ns, topic, dir, config.mode).map_err(|e| {
+                if e.errno == nix::errno::Errno::EEXIST {
+                    exists()
+                } else {
+                    Error::from_os(e, 0)
+                }
+            })?;
+            if storage::has_topic(dir, &self.ns, topic) {
+                // Made before a reboot, say: open it instead.
+                storage::unregister(&self.ns, topic);
+                return Err(exists());
+            }
+            let made = self.create_in(topic, config, geo, &storage);
+            if made.is_err() {
+                storage::unregister(&self.ns, topic);
+            }
+            return made;
+        }
+        self.create_in(topic, config, geo, &storage)
+    }
+
+    fn create_in(
+        &self,
+        topic: &str,
+        config: TopicConfig,
+        geo: Geometry,
+        storage: &Storage,
+    ) -> Result<Topic> {
         let now = os::now_ns();
         let ttl = config.retention.as_nanos().min(u128::from(u64::MAX / 4)) as u64;
         let meta_name = name::meta_region(&self.ns, topic);
@@ -135,30 +201,48 @@ impl TopicManager {
             config.max_members,
             config.group_retention.as_millis() as u32,
         );
-        if !self.force_size {
-            let need = (geo.region_len as u64)
-                .saturating_mul(u64::from(config.partitions))
-                .saturating_add(header.region_len);
-            crate::capacity::check(&meta_name, need)?;
+        let mut header = header;
+        if storage.is_file() {
+            header.storage_flags = storage::FLAG_FILE
+                | if config.expire_files {
+                    storage::FLAG_EXPIRE_FILES
+                } else {
+                    0
+                };
+            (header.sync_mode, header.sync_interval_ns) = config.sync.code();
         }
-        let meta = Region::create_meta(&meta_name, header, config.mode).map_err(|e| match e {
-            Error::Os(os) if os.errno == nix::errno::Errno::EEXIST => Error::TopicExists {
-                namespace: self.ns.clone(),
-                topic: topic.to_string(),
+        let need = (geo.region_len as u64)
+            .saturating_mul(u64::from(config.partitions))
+            .saturating_add(header.region_len);
+        if !self.force_size {
+            match storage {
+                Storage::Shm => crate::capacity::check(&meta_name, need)?,
+                // A disk cannot take the host down the way a full tmpfs
+                // can; only refuse, before allocating anything, what
+                // cannot fit (the preallocation would fail half-way).
+                Storage::File { .. } => storage::check_free(storage, &meta_name, need)?,
+            }
+        }
+        let meta = Region::create_meta_in(storage, &meta_name, header, config.mode).map_err(
+            |e| match e {
+                Error::Os(os) if os.errno == nix::errno::Errno::EEXIST => Error::TopicExists {
+                    namespace: self.ns.clone(),
+                    topic: topic.to_string(),
+                },
+                e => e,
             },
-            e => e,
-        })?;
+        )?;
         let mut parts = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
             let pname = name::partition_region(&self.ns, topic, p);
-            let created = create_partition_region(&pname, geo, p, &config, ttl, 0);
+            let created = create_partition_region(storage, &pname, geo, p, &config, ttl, 0);
             match created {
                 Ok(r) => parts.push(Partition { region: r, geo }),
                 Err(e) => {
                     for q in 0..p {
-                        let _ = os::shm_remove(&name::partition_region(&self.ns, topic, q));
+                        let _ = storage.remove(&name::partition_region(&self.ns, topic, q));
                     }
-                    let _ = os::shm_remove(&meta_name);
+                    let _ = storage.remove(&meta_name);
                     return Err(e);
                 }
             }
@@ -168,12 +252,21 @@ impl TopicManager {
             Ok(g) => g,
             Err(e) => {
                 for p in 0..config.partitions {
-                    let _ = os::shm_remove(&name::partition_region(&self.ns, topic, p));
+                    let _ = storage.remove(&name::partition_region(&self.ns, topic, p));
                 }
-                let _ = os::shm_remove(&meta_name);
+                let _ = storage.remove(&meta_name);
                 return Err(e);
             }
         };
+        if storage.is_file() {
+            // The new topic itself is durable before create returns: its
+            // headers and its files' names are on the disk.
+            let _ = meta.sync_range(0, meta.len());
+            for part in &parts {
+                let _ = part.region.sync_range(0, crate::layout::PARTITION_HEADER);
+            }
+            storage.sync_names(&self.ns);
+        }
         let config = TopicConfig {
             max_partitions: meta_geo.max_partitions,
             ..config
@@ -188,12 +281,55 @@ impl TopicManager {
     /// topic is malformed, [`Error::LeaseExpired`] if it was reclaimed (also
     /// when a delete or the supervisor removes it while it is being opened).
     pub fn open(&self, topic: &str) -> Result<Topic> {
+        self.open_in(topic, None)
+    }
+
+    /// Where `topic` lives: a registry stub in `/dev/shm` names its data
+    /// directory, or else its meta file is found in `hint` or the
+    /// manager's data directory (the stub is then written again for the
+    /// other processes); `None` if it is nowhere.
+    fn locate(&self, topic: &str, hint: Option<&std::path::Path>) -> Result<Option<Storage>> {
+        match storage::lookup(&self.ns, topic)? {
+            Lookup::Shm => Ok(Some(Storage::Shm)),
+            Lookup::File(dir) => Ok(Some(Storage::File { dir })),
+            Lookup::Missing => {
+                for dir in hint.into_iter().chain(self.data_dir.as_deref()) {
+                    if storage::has_topic(dir, &self.ns, topic) {
+                        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+                        let file = Storage::File { dir: dir.clone() };
+                        let mode = file
+                            .path(&name::meta_region(&self.ns, topic))
+                            .and_then(|p| std::fs::metadata(p).ok())
+                            .map_or(0o600, |m| {
+                                use std::os::unix::fs::PermissionsExt;
+                                m.permissions().mode() & 0o666
+                            });
+                        // Lost the race to another opener (or a shm topic
+                        // of the name was made meanwhile): look again.
+                        if storage::register(&self.ns, topic, &dir, mode).is_err() {
+                            return match storage::lookup(&self.ns, topic)? {
+                                Lookup::Shm => Ok(Some(Storage::Shm)),
+                                Lookup::File(dir) => Ok(Some(Storage::File { dir })),
+                                Lookup::Missing => Ok(Some(file)),
+                            };
+                        }
+                        return Ok(Some(file));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn open_in(&self, topic: &str, hint: Option<&std::path::Path>) -> Result<Topic> {
         name::validate_topic(topic)?;
         let meta_name = name::meta_region(&self.ns, topic);
-        let meta = Region::attach(&meta_name, KIND_META)?.ok_or_else(|| Error::TopicNotFound {
+        let not_found = || Error::TopicNotFound {
             namespace: self.ns.clone(),
             topic: topic.to_string(),
-        })?;
+        };
+        let storage = self.locate(topic, hint)?.ok_or_else(not_found)?;
+        let meta = Region::attach_in(&storage, &meta_name, KIND_META)?.ok_or_else(not_found)?;
         let meta_geo = meta.meta_geometry()?;
         let h = meta.meta_header();
         if lease::is_reclaimed(&h.lease) {
@@ -211,6 +347,16 @@ impl TopicManager {
                 h.overflow
             )))
         })?;
+        let sync = if storage.is_file() {
+            SyncPolicy::from_code(h.sync_mode, h.sync_interval_ns).ok_or_else(|| {
+                bad(RegionProblem::BadGeometry(format!(
+                    "sync policy {}",
+                    h.sync_mode
+                )))
+            })?
+        } else {
+            SyncPolicy::None
+        };
         let config = TopicConfig {
             partitions: meta_geo.partitions,
             slots: h.slots,
@@ -223,6 +369,9 @@ impl TopicManager {
             max_groups: meta_geo.group_cap,
             max_members: meta_geo.member_cap,
             max_partitions: meta_geo.max_partitions,
+            expire_files: storage.is_file() && h.storage_flags & storage::FLAG_EXPIRE_FILES != 0,
+            storage: storage.clone(),
+            sync,
         };
         let geo = Geometry::new(config.slots, config.slot_size)
             .ok_or_else(|| bad(crate::region::geometry_problem(h.slots, h.slot_size)))?;
@@ -231,7 +380,7 @@ impl TopicManager {
         let mut parts = Vec::with_capacity(count as usize);
         for p in 0..count {
             let pname = name::partition_region(&self.ns, topic, p);
-            match attach_partition(&pname, p, geo) {
+            match attach_partition(&storage, &pname, p, geo) {
                 Ok(region) if !lease::is_reclaimed(&region.partition_header().lease) => {
                     parts.push(Partition { region, geo });
                 }
@@ -244,7 +393,7 @@ impl TopicManager {
                 // that. A scribbled partition is no race: look once.
                 Err((e, racy)) => {
                     let wait = if racy { GONE_WAIT } else { Duration::ZERO };
-                    return Err(self.gone_or(topic, &meta, e, wait));
+                    return Err(self.gone_or(topic, &storage, &meta, e, wait));
                 }
             }
         }
@@ -265,13 +414,20 @@ impl TopicManager {
     /// region `meta` turns out to be going away: then [`Error::LeaseExpired`]
     /// or [`Error::TopicNotFound`]. Waits up to `wait` for the deleter to
     /// get there; a topic that stays damaged gets `e`.
-    fn gone_or(&self, topic: &str, meta: &Region, e: Error, wait: Duration) -> Error {
+    fn gone_or(
+        &self,
+        topic: &str,
+        storage: &Storage,
+        meta: &Region,
+        e: Error,
+        wait: Duration,
+    ) -> Error {
         let deadline = Deadline::after(wait);
         loop {
             if lease::is_reclaimed(&meta.meta_header().lease) {
                 return self.lost(topic);
             }
-            match os::shm_open_existing(meta.name()) {
+            match storage.open(meta.name()) {
                 Err(os) if os.errno == nix::errno::Errno::ENOENT => {
                     return Error::TopicNotFound {
                         namespace: self.ns.clone(),
@@ -302,8 +458,20 @@ impl TopicManager {
     /// of that name is still not removed after the wait.
     pub fn open_or_create(&self, topic: &str, config: TopicConfig) -> Result<Topic> {
         let deadline = Deadline::after(ATTACH_WAIT);
+        // A durable topic is compared by its absolute directory, and found
+        // there even when /dev/shm forgot it.
+        let config = match &config.storage {
+            Storage::File { dir } => TopicConfig {
+                storage: Storage::File {
+                    dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()),
+                },
+                ..config
+            },
+            Storage::Shm => config,
+        };
+        let hint = config.storage.dir().map(std::path::Path::to_path_buf);
         loop {
-            let gone = match self.open(topic) {
+            let gone = match self.open_in(topic, hint.as_deref()) {
                 Ok(t) => {
                     let differences = crate::config::differences(&config, t.config());
                     if differences.is_empty() {
@@ -356,6 +524,9 @@ impl TopicManager {
             attached: AtomicU32::new(attached),
             attach_lock: Mutex::new(()),
             token: self.token.clone(),
+            sync_clock: (0..=meta_geo.max_partitions)
+                .map(|_| AtomicU64::new(os::now_ns()))
+                .collect(),
         });
         // Only a manager that renews in the background renews on open: under
         // `Manual` (what observers such as `shmq list`/`info` use) opening a
@@ -368,7 +539,8 @@ impl TopicManager {
     }
 
     /// Delete a topic: unlink every region and mark it reclaimed (attached
-    /// processes get [`Error::LeaseExpired`] on their next operation).
+    /// processes get [`Error::LeaseExpired`] on their next operation). A
+    /// durable topic's files are removed, then its registry stub.
     /// Returns whether anything was removed (`false`: no such topic).
     ///
     /// Stops at the first region it may not remove, leaving that region and
@@ -383,6 +555,20 @@ impl TopicManager {
         name::validate_topic(topic)?;
         let prefix = name::topic_prefix(&self.ns, topic);
         let mut removed = false;
+        // A durable topic's files first (partitions, then meta), then what
+        // /dev/shm holds of it: the registry stub, last.
+        if let Some(file @ Storage::File { .. }) = self.locate(topic, None)? {
+            let mut names = file.list(&prefix)?;
+            names.sort_by_key(|n| n.ends_with(".meta"));
+            for region in names {
+                if let Some(RegionName::Meta { .. } | RegionName::Partition { .. }) =
+                    name::parse(&self.ns, &region)
+                {
+                    removed |= retire_in(&file, &region)?;
+                }
+            }
+            file.sync_names(&self.ns);
+        }
         let mut names = os::list_shm(&prefix)?;
         // Partitions first, meta last: a concurrent creator cannot make a new
         // topic of this name (its meta would collide) until we are done.
@@ -403,13 +589,24 @@ impl TopicManager {
     /// `/dev/shm` cannot be listed.
     pub fn list(&self) -> Result<Vec<String>> {
         let prefix = name::namespace_prefix(&self.ns);
-        Ok(os::list_shm(&prefix)?
+        let mut topics: Vec<String> = os::list_shm(&prefix)?
             .into_iter()
             .filter_map(|f| match name::parse(&self.ns, &f) {
                 Some(RegionName::Meta { topic }) => Some(topic),
                 _ => None,
             })
-            .collect())
+            .collect();
+        // Durable topics /dev/shm forgot (after a reboot).
+        if let Some(dir) = &self.data_dir {
+            let known = topics.clone();
+            topics.extend(
+                storage::topics_in(dir, &self.ns)
+                    .into_iter()
+                    .filter(|t| !known.contains(t)),
+            );
+            topics.sort();
+        }
+        Ok(topics)
     }
 }
 
@@ -419,6 +616,7 @@ impl TopicManager {
 /// exclusively, so nobody can have attached it as a live partition: fence
 /// whoever still maps it, then replace it.
 fn create_partition_region(
+    storage: &Storage,
     pname: &str,
     geo: Geometry,
     p: u32,
@@ -427,7 +625,8 @@ fn create_partition_region(
     writer: u64,
 ) -> Result<Region> {
     let create = || {
-        Region::create_partition(
+        Region::create_partition_in(
+            storage,
             pname,
             geo,
             p,
@@ -440,7 +639,7 @@ fn create_partition_region(
     };
     match create() {
         Err(Error::Os(e)) if e.errno == nix::errno::Errno::EEXIST => {
-            retire(pname)?;
+            retire_in(storage, pname)?;
             create()
         }
         r => r,
@@ -456,10 +655,15 @@ fn create_partition_region(
 /// and changes nothing. The region is mapped before the unlink, so the mark
 /// still reaches it once its name is gone.
 fn retire(region: &str) -> Result<bool> {
+    retire_in(&Storage::Shm, region)
+}
+
+/// [`retire`] in `storage`.
+fn retire_in(storage: &Storage, region: &str) -> Result<bool> {
     let mapped = [KIND_PARTITION, KIND_META]
         .into_iter()
-        .find_map(|kind| Some((kind, Region::attach(region, kind).ok()??)));
-    match os::shm_remove(region) {
+        .find_map(|kind| Some((kind, Region::attach_in(storage, region, kind).ok()??)));
+    match storage.remove(region) {
         Ok(()) => {}
         Err(e) if e.errno == nix::errno::Errno::ENOENT => return Ok(false),
         Err(e) => return Err(Error::from_os(e, 0)),
@@ -476,12 +680,17 @@ fn retire(region: &str) -> Result<bool> {
 /// Attach partition `p` and check it against the topic's geometry. The
 /// error says whether a delete in progress can explain it (a missing or
 /// foreign partition) or not (a malformed one).
-fn attach_partition(pname: &str, p: u32, geo: Geometry) -> Result<Region, (Error, bool)> {
-    let region = match Region::attach(pname, KIND_PARTITION) {
+fn attach_partition(
+    storage: &Storage,
+    pname: &str,
+    p: u32,
+    geo: Geometry,
+) -> Result<Region, (Error, bool)> {
+    let region = match Region::attach_in(storage, pname, KIND_PARTITION) {
         Ok(Some(region)) => region,
         Ok(None) => {
             let missing = Error::BadRegion {
-                region: pname.to_string(),
+                region: storage.display(pname),
                 problem: RegionProblem::BadGeometry(
                     "partition region missing while its topic's meta region exists (removed \
                      by hand, or a delete died half-way); delete the topic"
@@ -553,6 +762,10 @@ pub(crate) struct TopicInner {
     /// Serialises attaching newly published partitions in this process.
     attach_lock: Mutex<()>,
     pub(crate) token: Arc<Token>,
+    /// For [`SyncPolicy::Interval`]: when this process last forced each
+    /// partition (index `p`) and the meta region (last index) to the disk,
+    /// Unix ns.
+    sync_clock: Box<[AtomicU64]>,
 }
 
 #[derive(Debug)]
@@ -627,7 +840,8 @@ impl TopicInner {
             let slot = &self.parts[have as usize];
             if slot.get().is_none() {
                 let pname = name::partition_region(&self.ns, &self.name, have);
-                let region = attach_partition(&pname, have, self.geo).map_err(|(e, _)| e)?;
+                let region = attach_partition(&self.config.storage, &pname, have, self.geo)
+                    .map_err(|(e, _)| e)?;
                 if lease::is_reclaimed(&region.partition_header().lease) {
                     return Err(self.expired());
                 }
@@ -723,7 +937,7 @@ impl TopicInner {
             if self.reclaimed() {
                 // Deleted while we grew it: leave nothing behind.
                 lease::mark_reclaimed(&region.partition_header().lease);
-                let _ = os::shm_remove(region.name());
+                let _ = self.config.storage.remove(region.name());
                 growth::end(&h.grow, word);
                 return Err(self.expired());
             }
@@ -755,13 +969,29 @@ impl TopicInner {
         // Growth is automatic, so it gets the same guard as `create`: a new
         // partition that would not fit (or would eat into the memory behind
         // tmpfs) is refused with `NoSpace` before anything is allocated.
-        crate::capacity::check(&pname, self.geo.region_len as u64)?;
+        match &self.config.storage {
+            Storage::Shm => crate::capacity::check(&pname, self.geo.region_len as u64)?,
+            file => storage::check_free(file, &pname, self.geo.region_len as u64)?,
+        }
         let ttl = self
             .config
             .retention
             .as_nanos()
             .min(u128::from(u64::MAX / 4)) as u64;
-        create_partition_region(&pname, self.geo, p, &self.config, ttl, writer)
+        let region = create_partition_region(
+            &self.config.storage,
+            &pname,
+            self.geo,
+            p,
+            &self.config,
+            ttl,
+            writer,
+        )?;
+        if self.config.storage.is_file() {
+            let _ = region.sync_range(0, crate::layout::PARTITION_HEADER);
+            self.config.storage.sync_names(&self.ns);
+        }
+        Ok(region)
     }
 
     pub(crate) fn reclaimed(&self) -> bool {
@@ -894,5 +1124,124 @@ impl Topic {
     pub fn write_offset(&self, partition: u32) -> Result<u64> {
         let part = self.inner.partition(partition)?;
         Ok(crate::ring::checked_latest(part.header(), &part.slots()))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Durable topics (issue 16): the sync policy, applied after each publish and
+// commit. Nothing for shared-memory topics (one branch).
+// ---------------------------------------------------------------------------
+
+impl TopicInner {
+    /// The sync policy in force: the topic's, for a durable topic.
+    #[inline]
+    pub(crate) fn sync_policy(&self) -> SyncPolicy {
+        if self.config.storage.is_file() {
+            self.config.sync
+        } else {
+            SyncPolicy::None
+        }
+    }
+
+    /// Whether an [`SyncPolicy::Interval`] clock (`clock`) is due now, and
+    /// if so restart it.
+    fn interval_due(&self, clock: usize, every: Duration) -> bool {
+        let Some(c) = self.sync_clock.get(clock) else {
+            return false;
+        };
+        let now = os::now_ns();
+        let last = c.load(Ordering::Relaxed);
+        let every = every.as_nanos().min(u128::from(u64::MAX)) as u64;
+        now.saturating_sub(last) >= every
+            && c.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// After a producer published offsets `first .. next` of partition `p`
+    /// (and its write cursor): force them to the disk as the policy says.
+    ///
+    /// # Errors
+    /// The records are published, but `msync` failed: they may not be on
+    /// the disk.
+    #[inline]
+    pub(crate) fn after_publish(&self, p: u32, first: u64, next: u64) -> Result<()> {
+        match self.sync_policy() {
+            SyncPolicy::None => Ok(()),
+            SyncPolicy::EveryBatch => self.sync_records(p, first, next),
+            SyncPolicy::Interval(every) => {
+                if self.interval_due(p as usize, every) {
+                    self.sync_partition(p)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Force the header and the slots of offsets `first .. next` of
+    /// partition `p` to the disk.
+    fn sync_records(&self, p: u32, first: u64, next: u64) -> Result<()> {
+        let Some(part) = self.mapped(p) else {
+            return Ok(());
+        };
+        let geo = part.geo;
+        let header = crate::layout::PARTITION_HEADER;
+        // The ring (`slots * stride` bytes) fits in the mapping, so in usize.
+        let stride = geo.stride as usize;
+        let count = next.saturating_sub(first).min(geo.slots);
+        if count > 0 {
+            let start = (first & geo.mask()) as usize;
+            let first_run = (count as usize).min(geo.slots as usize - start);
+            part.region
+                .sync_range(header + start * stride, first_run * stride)?;
+            let wrapped = count as usize - first_run;
+            if wrapped > 0 {
+                part.region.sync_range(header, wrapped * stride)?;
+            }
+        }
+        part.region.sync_range(0, header)
+    }
+
+    /// Force all of partition `p` to the disk (only its dirty pages are
+    /// written).
+    pub(crate) fn sync_partition(&self, p: u32) -> Result<()> {
+        match self.mapped(p) {
+            Some(part) => part.region.sync_range(0, part.region.len()),
+            None => Ok(()),
+        }
+    }
+
+    /// A producer of partition `p` is going away: force what it wrote,
+    /// under any policy but `None`.
+    pub(crate) fn sync_on_close(&self, p: u32) {
+        if self.sync_policy() != SyncPolicy::None {
+            let _ = self.sync_partition(p);
+        }
+    }
+
+    /// After a commit of consumer-group offsets: force the meta region to
+    /// the disk as the policy says.
+    ///
+    /// # Errors
+    /// The commit is stored, but `msync` failed: it may not be on the disk.
+    pub(crate) fn after_commit(&self) -> Result<()> {
+        let due = match self.sync_policy() {
+            SyncPolicy::None => false,
+            SyncPolicy::EveryBatch => true,
+            SyncPolicy::Interval(every) => self.interval_due(self.sync_clock.len() - 1, every),
+        };
+        if due {
+            self.meta.sync_range(0, self.meta.len())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Topic {
+    /// Where the topic's regions live (shared memory, or the files of a
+    /// durable topic).
+    pub fn storage(&self) -> &Storage {
+        &self.inner.config.storage
     }
 }

@@ -319,6 +319,7 @@ impl Loan<'_> {
         if o.writer.commit(hdr) {
             wait::wake_all(inner.meta.meta_header());
         }
+        inner.after_publish(o.partition, offset, offset.wrapping_add(1))?;
         Ok(Sent {
             partition: o.partition,
             offset,

@@ -26,6 +26,12 @@ pub struct Cli {
     /// "default" (for `demo`: a private one).
     #[arg(long, global = true, env = "SHMQ_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Data directory of durable topics: `create` makes the topic's files
+    /// there (`DIR/<namespace>/<topic>.{meta,p<N>}`), and every verb finds
+    /// durable topics there when /dev/shm no longer knows them (after a
+    /// reboot). Default from SHMQ_DATA_DIR.
+    #[arg(long, global = true, value_name = "DIR", env = "SHMQ_DATA_DIR")]
+    pub storage: Option<std::path::PathBuf>,
     /// The verb.
     #[command(subcommand)]
     pub command: Command,

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use shmq::{Overflow, TopicConfig, TopicManager};
+use shmq::{Overflow, Storage, SyncPolicy, TopicConfig, TopicManager};
 
 use crate::error::CliResult;
 use crate::util::{fmt_duration, human_bytes, parse_duration, parse_mode, plural};
@@ -43,12 +43,21 @@ Examples:
   shmq create orders --partitions 8 --slots 4096 --slot-size 1000 --retention 1h
   shmq create jobs --overflow backpressure --mode 0660 --namespace prod
   shmq create events --partitions 2 --max-partitions 16   # grows as producers come
+  shmq create ledger --storage /var/lib/shmq --sync every-batch   # durable (files)
 
 Memory used in /dev/shm is about partitions x slots x (slot-size + 24) bytes,
 allocated up front (a full /dev/shm fails here, not later). A topic larger than
 the free space of /dev/shm or than 50% of the memory available (MemAvailable,
 or the cgroup's memory limit) is refused before anything is allocated, unless
---force is given.")]
+--force is given.
+
+With --storage DIR (or SHMQ_DATA_DIR) the topic is durable: its regions are
+files DIR/<namespace>/<topic>.{meta,p<N>}, pre-allocated on that disk, and
+survive a reboot. --sync says when writes are forced to the disk: none (the
+page cache: survives any process crash), every-batch (survives a power loss),
+or a duration such as 100ms (loses at most that much). Without --retention a
+durable topic's files stay until `shmq delete`; with it, the supervisor
+removes them once the topic is unattended that long.")]
 pub struct CreateArgs {
     /// Topic name: letters, digits, '_' and '-', at most 64 bytes.
     pub topic: String,
@@ -61,9 +70,10 @@ pub struct CreateArgs {
     /// Largest key + value one message may have, in bytes.
     #[arg(long, default_value_t = 1000)]
     pub slot_size: u64,
-    /// How long the topic survives with no process attached (e.g. 30s, 1h, 7d).
-    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_duration)]
-    pub retention: Duration,
+    /// How long the topic survives with no process attached (e.g. 30s, 1h,
+    /// 7d); default 1h. A durable topic expires only if this is given.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
     /// What a writer does when the ring is full.
     #[arg(long, value_enum, default_value_t = OverflowArg::Overwrite)]
     pub overflow: OverflowArg,
@@ -93,16 +103,35 @@ pub struct CreateArgs {
     /// the memory behind it: filling it can take the host down).
     #[arg(long)]
     pub force: bool,
+    /// Durable topics: when writes and commits are forced to the disk:
+    /// none, every-batch, or an interval (e.g. 100ms).
+    #[arg(long, value_name = "POLICY", default_value = "none", value_parser = parse_sync)]
+    pub sync: SyncPolicy,
+}
+
+/// `none`, `every-batch` or a duration.
+fn parse_sync(s: &str) -> Result<SyncPolicy, String> {
+    match s {
+        "none" => Ok(SyncPolicy::None),
+        "every-batch" | "batch" => Ok(SyncPolicy::EveryBatch),
+        d => parse_duration(d)
+            .map(SyncPolicy::Interval)
+            .map_err(|e| format!("{e}; or use none or every-batch")),
+    }
 }
 
 /// Run `shmq create`.
 pub fn run(ns: &str, args: CreateArgs) -> CliResult {
     let mgr = TopicManager::with_namespace(ns)?.force_size(args.force);
+    let storage = match shmq::protocol::storage::data_dir_from_env() {
+        Some(dir) => Storage::File { dir },
+        None => Storage::Shm,
+    };
     let config = TopicConfig {
         partitions: args.partitions,
         slots: args.slots,
         slot_size: args.slot_size,
-        retention: args.retention,
+        retention: args.retention.unwrap_or(Duration::from_secs(3600)),
         overflow: args.overflow.into(),
         mode: args.mode,
         dead_group_timeout: args.dead_group_timeout,
@@ -110,6 +139,9 @@ pub fn run(ns: &str, args: CreateArgs) -> CliResult {
         max_groups: args.max_groups,
         max_members: args.max_members,
         max_partitions: args.max_partitions,
+        expire_files: args.retention.is_some(),
+        storage,
+        sync: args.sync,
     };
     let topic = mgr.create(&args.topic, config.clone())?;
     let bytes_per_partition =
@@ -119,7 +151,7 @@ pub fn run(ns: &str, args: CreateArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "created topic {:?} in namespace {:?}: {} x {} of {}, {}, retention {}, mode {:04o} ({} in /dev/shm)",
+        "created topic {:?} in namespace {:?}: {} x {} of {}, {}, retention {}, mode {:04o} ({} in {})",
         topic.name(),
         ns,
         plural(u64::from(config.partitions), "partition"),
@@ -129,6 +161,10 @@ pub fn run(ns: &str, args: CreateArgs) -> CliResult {
         fmt_duration(config.retention),
         config.mode,
         human_bytes(total),
+        match topic.storage() {
+            Storage::Shm => "/dev/shm".to_string(),
+            Storage::File { dir } => format!("{}, sync {}", dir.display(), config.sync),
+        },
     )?;
     Ok(())
 }

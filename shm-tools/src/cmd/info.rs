@@ -7,7 +7,9 @@
 //!   "config": { "partitions", "slots", "slot_size", "overflow", "retention_ms",
 //!               "mode" ("0600"), "dead_group_timeout_ms",
 //!               "group_retention_ms" (0 = never), "max_groups", "max_members",
-//!               "max_partitions" },                // "partitions": the count now
+//!               "max_partitions",                  // "partitions": the count now
+//!               "storage" ("shm" | "file"), "data_dir" (null for shm),
+//!               "sync", "expire_files" },
 //!   "lease_expiry_ns", "lease_left_ms",          // null once reclaimed
 //!   "messages",                                  // sum of write offsets
 //!   "partitions": [ { "partition", "write_offset", "depth",
@@ -150,6 +152,10 @@ pub fn info_json(ns: &str, topic: &Topic, stats: &TopicStats) -> Value {
             "max_groups": c.max_groups,
             "max_members": c.max_members,
             "max_partitions": c.max_partitions,
+            "storage": if c.storage.is_file() { "file" } else { "shm" },
+            "data_dir": c.storage.dir().map(|d| d.display().to_string()),
+            "sync": c.sync.to_string(),
+            "expire_files": c.storage.is_file() && c.expire_files,
         },
         "lease_expiry_ns": meta_expiry.filter(|&e| e != RECLAIMED),
         "lease_left_ms": left_ms(meta_expiry, now),
@@ -157,6 +163,24 @@ pub fn info_json(ns: &str, topic: &Topic, stats: &TopicStats) -> Value {
         "partitions": parts,
         "groups": groups,
     })
+}
+
+/// Where a topic lives, for tables: `shm`, or `file:<dir>, sync <policy>`
+/// (and whether the supervisor removes the files at expiry).
+pub fn storage_text(c: &shmq::TopicConfig) -> String {
+    match &c.storage {
+        shmq::Storage::Shm => "shm".to_string(),
+        shmq::Storage::File { dir } => format!(
+            "file:{}, sync {}, {}",
+            dir.display(),
+            c.sync,
+            if c.expire_files {
+                "files removed at expiry"
+            } else {
+                "kept until deleted"
+            }
+        ),
+    }
 }
 
 /// Run `shmq info`.
@@ -193,6 +217,7 @@ pub fn run(ns: &str, args: InfoArgs) -> CliResult {
                 c.mode,
                 fmt_left(Some(stats.lease_expiry_ns), now),
             )?;
+            writeln!(out, "storage: {}", storage_text(c))?;
             writeln!(out)?;
             let rows: Vec<Vec<String>> = stats
                 .partitions

@@ -8,7 +8,9 @@
 //!                 "error" (only when state is "error"),
 //!                 "partitions", "slots", "slot_size", "overflow", "retention_ms",
 //!                 "lease_expiry_ns", "lease_left_ms", "messages",
-//!                 "writers": { "live", "dead", "none" }, "groups" } ] }
+//!                 "writers": { "live", "dead", "none" }, "groups",
+//!                 "storage" ("shm" | "file"), "data_dir" (durable topics),
+//!                 "sync" ("none" | "every-batch" | "interval <dur>") } ] }
 //! ```
 //!
 //! A topic that cannot be opened is listed with its state and error rather
@@ -95,6 +97,9 @@ fn describe(mgr: &TopicManager, name: &str) -> Row {
             "messages": messages,
             "writers": { "live": live, "dead": dead, "none": none },
             "groups": stats.groups.len(),
+            "storage": if c.storage.is_file() { "file" } else { "shm" },
+            "data_dir": c.storage.dir().map(|d| d.display().to_string()),
+            "sync": c.sync.to_string(),
         }),
         cells: vec![
             name.into(),
@@ -106,6 +111,7 @@ fn describe(mgr: &TopicManager, name: &str) -> Row {
             format!("{} / {}", fmt_left(expiry, now), fmt_duration(c.retention)),
             writers,
             stats.groups.len().to_string(),
+            crate::cmd::info::storage_text(c),
         ],
     }
 }
@@ -148,6 +154,7 @@ pub fn run(ns: &str, args: ListArgs) -> CliResult {
                         "LEASE_LEFT / RETENTION",
                         "WRITERS",
                         "GROUPS",
+                        "STORAGE",
                     ],
                     &cells,
                 )

@@ -25,6 +25,11 @@ pub fn dispatch(cli: Cli) -> CliResult {
     // `demo` runs in a private namespace unless one was chosen.
     let chosen = cli.namespace.clone();
     let ns = cli.namespace.unwrap_or_else(|| "default".to_string());
+    // `--storage DIR` on any verb: the library reads SHMQ_DATA_DIR (set
+    // here, before any thread starts).
+    if let Some(dir) = &cli.storage {
+        std::env::set_var(shmq::DATA_DIR_ENV, dir);
+    }
     match cli.command {
         Command::Demo(a) => demo::run(chosen.as_deref(), a),
         Command::Create(a) => create::run(&ns, a),

@@ -36,14 +36,26 @@ pub struct ReapArgs {
 
 /// Run one pass over the chosen namespaces.
 pub fn pass(ns: &str, all: bool, opts: ReapOptions) -> CliResult<Vec<ReapReport>> {
-    let namespaces = if all {
+    // Durable topics /dev/shm forgot are found in --storage / SHMQ_DATA_DIR.
+    let data_dir = shmq::protocol::storage::data_dir_from_env();
+    let mut namespaces = if all {
         reclaim::namespaces()?
     } else {
         vec![ns.to_string()]
     };
+    if let (true, Some(dir)) = (all, &data_dir) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if let Ok(n) = entry.file_name().into_string() {
+                if shmq::protocol::name::validate_namespace(&n).is_ok() && !namespaces.contains(&n)
+                {
+                    namespaces.push(n);
+                }
+            }
+        }
+    }
     let mut reports = Vec::new();
     for ns in namespaces {
-        reports.push(reclaim::reap(&ns, opts)?);
+        reports.push(reclaim::reap_in(&ns, opts, data_dir.as_deref())?);
     }
     Ok(reports)
 }
