@@ -113,16 +113,33 @@ impl Drop for Ns {
         // the topic for a tick leaves its (dead, unlocked) liveness-token
         // file behind, exactly like a crash; remove those as the supervisor
         // would. Anything else left is a bug.
-        for f in self.files() {
-            if let Some(shmq::protocol::name::RegionName::Token { id }) =
-                shmq::protocol::name::parse(&self.0, &f)
-            {
-                if shmq::protocol::token::probe(&self.0, id).is_dead() {
-                    let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
+        // A token can also look held for a moment after its owner is done:
+        // a child another test thread is spawning holds a copy of every fd
+        // between its fork and its exec. Give such tokens a little while.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let mut left = self.files();
+        loop {
+            for f in &left {
+                if let Some(shmq::protocol::name::RegionName::Token { id }) =
+                    shmq::protocol::name::parse(&self.0, f)
+                {
+                    if shmq::protocol::token::probe(&self.0, id).is_dead() {
+                        let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
+                    }
                 }
             }
+            left = self.files();
+            let only_tokens = left.iter().all(|f| {
+                matches!(
+                    shmq::protocol::name::parse(&self.0, f),
+                    Some(shmq::protocol::name::RegionName::Token { .. })
+                )
+            });
+            if left.is_empty() || !only_tokens || std::time::Instant::now() > until {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let left = self.files();
         // Remove leftovers so one failure does not litter /dev/shm ...
         for f in &left {
             let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
