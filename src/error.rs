@@ -298,6 +298,9 @@ pub enum Error {
         /// The topic's `max_partitions`.
         max_partitions: u32,
     },
+    /// A record header could not be added (name, value or count too large).
+    #[error("invalid record header: {0}")]
+    InvalidHeader(String),
 }
 
 fn fmt_dur(d: std::time::Duration) -> String {

@@ -152,6 +152,8 @@ mod group;
 #[cfg(not(loom))]
 mod group_table;
 #[cfg(not(loom))]
+mod headers;
+#[cfg(not(loom))]
 mod name;
 #[cfg(not(loom))]
 mod offset;
@@ -195,6 +197,8 @@ pub use dlq::{
 pub use error::{Error, RegionProblem, Result};
 #[cfg(not(loom))]
 pub use group::{ConsumerGroup, GroupConsumer, GroupOptions, DEFAULT_STALE_AFTER, MIN_STALE_AFTER};
+#[cfg(not(loom))]
+pub use headers::{HeaderIter, HeaderView, Headers, MAX_HEADERS, MAX_HEADER_NAME};
 /// The shape of a partition ring ([`TopicConfig::validate`] returns it).
 #[cfg(not(loom))]
 pub use layout::Geometry;

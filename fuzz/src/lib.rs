@@ -381,3 +381,25 @@ pub fn dlq_envelope(data: &[u8]) {
         assert_eq!(again, dl, "envelope round trip");
     }
 }
+
+// ------------------------------------------------------------ record headers
+
+/// The record-headers decoder (`shmq::HeaderView::parse`, the check every
+/// reader applies to a slot's headers block). A block it accepts must
+/// iterate to exactly its count and re-encode (through `shmq::Headers`) to
+/// the same bytes; anything else must be refused without a panic.
+pub fn headers(data: &[u8]) {
+    let Some(view) = shmq::HeaderView::parse(data) else {
+        return;
+    };
+    let mut again = shmq::Headers::new();
+    let mut n = 0;
+    for (name, value) in view.iter() {
+        again
+            .push(name, value)
+            .expect("a decoded header re-encodes");
+        n += 1;
+    }
+    assert_eq!(n, view.len(), "iteration yields every counted header");
+    assert_eq!(again.as_bytes(), data, "headers block round trip");
+}

@@ -81,6 +81,7 @@ impl From<shmq::Error> for CliError {
             E::GroupNotFound { .. } => 3,
             E::GroupBusy { .. } => 10,
             E::GroupTableFull { .. } | E::MemberTableFull { .. } => 11,
+            E::InvalidHeader(_) => 2,
             _ => 1,
         };
         CliError::new(code, e.to_string())
