@@ -175,6 +175,10 @@ mod stats;
 mod token;
 #[cfg(not(loom))]
 mod topic;
+/// Typed messages over serde codecs (feature `serde`; codecs `json`,
+/// `postcard`, `msgpack`; compression `lz4`, `zstd`).
+#[cfg(all(not(loom), feature = "serde"))]
+pub mod typed;
 #[cfg(not(loom))]
 mod wait;
 #[cfg(not(loom))]
