@@ -168,6 +168,8 @@ mod region;
 #[cfg(not(loom))]
 mod renewal;
 #[cfg(not(loom))]
+mod request;
+#[cfg(not(loom))]
 mod slots;
 #[cfg(not(loom))]
 mod stats;
@@ -212,6 +214,10 @@ pub use offset::{MemOffsetStore, OffsetStore, ShmOffsetStore};
 pub use producer::{key_partition, Partitions, Producer, Sent, SentBatch};
 #[cfg(not(loom))]
 pub use renewal::{RenewalManager, RenewalPolicy};
+#[cfg(not(loom))]
+pub use request::{
+    correlation, service_config, Request, Requester, Responder, CORRELATION_HEADER, REPLY_TO_HEADER,
+};
 #[cfg(not(loom))]
 pub use ring::RecordBuf;
 #[cfg(not(loom))]
