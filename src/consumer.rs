@@ -94,6 +94,9 @@ pub struct Polled {
     pub lagged: Vec<Lagged>,
     /// Records skipped because their slot was malformed (a buggy peer).
     pub corrupt: u64,
+    /// Records a filter passed over ([`Consumer::poll_filtered`]): read in
+    /// place, not copied, and consumed (a commit covers them).
+    pub filtered: u64,
 }
 
 impl Polled {
@@ -712,7 +715,7 @@ impl Consumer {
         }
     }
 
-    fn wait_once(&self, waiter: &mut Waiter, deadline: Deadline) {
+    pub(crate) fn wait_once(&self, waiter: &mut Waiter, deadline: Deadline) {
         let inner = &self.topic.inner;
         let parts = self
             .cursors

@@ -148,6 +148,8 @@ mod dlq;
 #[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]
+mod filter;
+#[cfg(not(loom))]
 mod group;
 #[cfg(not(loom))]
 mod group_table;
