@@ -32,6 +32,7 @@ use std::time::Duration;
 use crate::consumer::{Consumer, Delivered, Lagged, Polled, Record};
 use crate::deadline::Deadline;
 use crate::error::Result;
+use crate::group::GroupConsumer;
 use crate::ring::{self, ReadWith, RecordBuf};
 use crate::wait::Waiter;
 use crate::zero_copy::RecordView;
@@ -210,5 +211,22 @@ impl Consumer {
         }
         self.rr = (start + 1) % n;
         Ok(taken)
+    }
+}
+
+impl GroupConsumer {
+    /// [`Consumer::poll_filtered`] for a group member: heartbeat /
+    /// rebalance if due, then read up to `max` accepted records from the
+    /// claimed partitions. Rejected records count as consumed, as there.
+    ///
+    /// # Errors
+    /// As [`GroupConsumer::poll`].
+    pub fn poll_filtered(
+        &mut self,
+        max: usize,
+        keep: impl FnMut(&RecordView<'_>) -> bool,
+    ) -> Result<Polled> {
+        self.maintain()?;
+        self.consumer.poll_filtered(max, keep)
     }
 }

@@ -128,3 +128,33 @@ fn skipped_records_are_committed() {
     drop((p, c, reader, topic, mgr));
     guard.finish();
 }
+
+#[test]
+fn a_group_member_filters_and_commits_what_it_skipped() {
+    let guard = ShmGuard::new("filtg");
+    let mgr = guard.manager();
+    let topic = mgr
+        .create("t", TopicConfig::default().partitions(2).slots(16))
+        .unwrap();
+    let mut p = Producer::new(&topic).unwrap();
+    for i in 0..20u32 {
+        p.send_with(None, &Headers::new().with("type", kind(i)), b"v")
+            .unwrap();
+    }
+    let mut m = shmq::GroupConsumer::join(&topic, "g", shmq::GroupOptions::default()).unwrap();
+    let got = m
+        .poll_filtered(100, |r| r.headers.get("type") == Some(b"click"))
+        .unwrap();
+    let clicks = (0..20).filter(|i| kind(*i) == "click").count();
+    assert_eq!(got.records.len(), clicks);
+    assert_eq!(got.filtered as usize, 20 - clicks);
+    m.commit().unwrap();
+    for part in 0..2 {
+        assert_eq!(
+            topic.committed("g", part).unwrap(),
+            Some(topic.write_offset(part).unwrap())
+        );
+    }
+    drop((p, m, topic, mgr));
+    guard.finish();
+}
