@@ -128,7 +128,9 @@ impl<'a> MappedSlots<'a> {
             p.add(12).cast::<u32>().write_volatile(key_word);
             p.add(16).cast::<u64>().write_volatile(timestamp_ns);
             let body = p.add(SLOT_HEADER);
-            std::ptr::copy(block.as_ptr(), body, h);
+            if h > 0 {
+                std::ptr::copy(block.as_ptr(), body, h);
+            }
             if let Some(key) = key {
                 std::ptr::copy(key.as_ptr(), body.add(h), k);
             }

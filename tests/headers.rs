@@ -306,3 +306,31 @@ fn scribbled_headers_are_corrupt_records_never_a_panic() {
     drop((p, c, topic, mgr));
     guard.finish();
 }
+
+#[test]
+fn dead_letters_keep_their_headers() {
+    let guard = ShmGuard::new("hdrdlq");
+    let mgr = guard.manager();
+    let topic = mgr.create("t", config(Overflow::Backpressure)).unwrap();
+    let mut p = Producer::new(&topic).unwrap();
+    let h = Headers::new()
+        .with("shmq-compression", "lz4")
+        .with("trace", "z");
+    p.send_with(Some(b"k"), &h, b"payload").unwrap();
+    let mut c = Consumer::new(&topic, "billing").unwrap();
+    let record = c.poll(1).unwrap().records.remove(0);
+    let mut dlq = shmq::DlqRouter::new(&mgr, &topic, "billing", 1).unwrap();
+    dlq.route(&record, 1).unwrap();
+    let dead = mgr.open(&format!("t{}", shmq::DLQ_SUFFIX)).unwrap();
+    let mut r = Consumer::reader(&dead).unwrap();
+    let letters = r.poll(10).unwrap().records;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].headers(), &h);
+    assert_eq!(letters[0].value(), b"payload");
+    let env = shmq::DeadLetter::from_record(&letters[0]).unwrap();
+    assert_eq!((env.offset, env.key.as_deref()), (0, Some(&b"k"[..])));
+    drop((p, c, dlq, r, dead, topic));
+    assert!(mgr.delete(&format!("t{}", shmq::DLQ_SUFFIX)).unwrap());
+    drop(mgr);
+    guard.finish();
+}
