@@ -506,6 +506,9 @@ mod asserts {
     const _: () = assert!(size_of::<GroupPartition>() == LINE);
     const _: () = assert!(SLOT_HEADER == 24);
     const _: () = assert!(stride(40) == 64 && stride(41) == 128);
+    const _: () =
+        assert!(HAS_HEADERS & HAS_KEY == 0 && KEY_LEN_MASK & (HAS_KEY | HAS_HEADERS) == 0);
+    const _: () = assert!(HEADERS_PREFIX == 8 && HEADER_ENTRY_PREFIX == 6);
 
     #[test]
     fn with_groups_keeps_the_partition_lines() {

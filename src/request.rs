@@ -45,8 +45,8 @@
 //! # Ok::<(), shmq::Error>(())
 //! ```
 
+use crate::sync::{AtomicU32, Ordering};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::config::{Overflow, TopicConfig};
