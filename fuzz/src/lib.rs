@@ -3,14 +3,16 @@
 //! * [`region`]: raw bytes as a partition or meta region file: attach
 //!   (magic, version, kind, size), geometry validation, the group table.
 //! * [`topic`]: a real topic's regions (a snapshot taken once per process,
-//!   with records, a lapped ring, a keyed record, a consumer group with a
+//!   with records, a lapped ring, a keyed record, a record with headers, a
+//!   consumer group with a
 //!   member and commits), damaged by the input's word writes and
 //!   truncations, then opened and used the way every process uses a topic:
-//!   `open`, `stats`, polls (copying and zero-copy) from every position, a
+//!   `open`, `stats`, polls (copying, zero-copy, filtered) from every position, a
 //!   group member joining and committing, a competing consumer, a producer
 //!   taking the partitions over and sending. This covers the slot reads, the
 //!   writer's resume over a damaged ring and the group protocol's reads.
 //! * [`dlq_envelope`]: the dead-letter envelope decoder, with a round trip.
+//! * [`headers`]: the record-headers block decoder, with a round trip.
 //!
 //! Each returns normally on any input; a panic (including an arithmetic
 //! overflow: the fuzz binaries are built with debug assertions), an
@@ -189,6 +191,9 @@ fn snapshot(overflow: Overflow) -> Option<Image> {
             }
         }
         let _ = producer.send_to(1, Some(b"key"), b"keyed value");
+        // A record with a headers block, for patches to damage.
+        let headers = shmq::Headers::new().with("h", "v").with("n", [0u8, 1]);
+        let _ = producer.send_with_to(1, Some(b"k2"), &headers, b"with headers");
         let _ = group.poll(2);
         let _ = group.commit();
         let mut files =
@@ -333,8 +338,12 @@ fn use_topic(topic: &Topic, flags: u8) {
         }
         let _ = c.seek(SeekPolicy::Earliest);
         for _ in 0..12 {
-            let _ = c.poll_with(|r| r.value.len() + r.key.map_or(0, <[u8]>::len));
+            let _ = c.poll_with(|r| {
+                r.value.len() + r.key.map_or(0, <[u8]>::len) + r.headers.iter().count()
+            });
         }
+        let _ = c.seek(SeekPolicy::Earliest);
+        let _ = c.poll_filtered(8, |r| r.headers.get("h").is_some());
         let _ = (c.missed(), c.corrupt(), c.lag(0), c.lag(1));
     }
     let opts = GroupOptions::default();
