@@ -48,6 +48,10 @@
 //!      partition from a shared cursor (a work queue).
 //! 5. Failures: [`DlqRouter`] counts nacks and moves a record that keeps
 //!    failing to a dead-letter topic.
+//! 6. Beyond bytes: [`Headers`] on every record ([`Producer::send_with`],
+//!    [`Record::headers`]); in-place filters ([`Consumer::poll_filtered`]);
+//!    [`Requester`] / [`Responder`] for request/reply; typed values over
+//!    serde codecs in `typed` (feature `serde`).
 //!
 //! Every fallible call returns [`Error`], whose messages say what to do.
 //! Loss is reported, not raised: [`Polled::lagged`] on overwrite topics,
@@ -179,8 +183,6 @@ mod stats;
 mod token;
 #[cfg(not(loom))]
 mod topic;
-/// Typed messages over serde codecs (feature `serde`; codecs `json`,
-/// `postcard`, `msgpack`; compression `lz4`, `zstd`).
 #[cfg(all(not(loom), feature = "serde"))]
 pub mod typed;
 #[cfg(not(loom))]
