@@ -61,7 +61,8 @@ pub(crate) fn claimed_len(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Check a headers block at the start of `bytes` completely: its length
-/// fits in `bytes`, its reserved word is zero, exactly `count` entries fill
+/// fits in `bytes`, its reserved word is zero, `count` is at least 1 and
+/// exactly `count` entries fill
 /// it, each entry's lengths stay inside it and each name is UTF-8. Returns
 /// the block's length. Every arithmetic step is checked, so any input (a
 /// scribbled slot, a fuzzer's bytes) gives `None` rather than a panic.
@@ -69,7 +70,9 @@ pub fn validate(bytes: &[u8]) -> Option<usize> {
     let len = claimed_len(bytes)?;
     let block = bytes.get(..len)?;
     let count = u16_at(block, 4)?;
-    if u16_at(block, 6)? != 0 {
+    // A record without headers has no block: a block of none is not an
+    // encoding shmq writes (it keeps the encoding canonical).
+    if count == 0 || u16_at(block, 6)? != 0 {
         return None;
     }
     let mut at = HEADERS_PREFIX;

@@ -65,9 +65,9 @@
 //!        | u16   | u32           | nm_len bytes | val_len bytes |
 //!        +-------+---------------+--------------+---------------+
 //!  A record is intact only if blk_len >= 8, blk_len + key_len + val_len <=
-//!  slot_size, exactly `count` entries fill the block to blk_len, and every
-//!  name is UTF-8 (`crate::headers::validate`); anything else is a corrupt
-//!  record. All integers little-endian, unaligned. Without bit 30 the body
+//!  slot_size, count >= 1, exactly `count` entries fill the block to
+//!  blk_len, and every name is UTF-8 (`crate::headers::validate`); anything
+//!  else is a corrupt record. All integers little-endian, unaligned. Without bit 30 the body
 //!  is key then value, byte for byte as in layout version 2.
 //! ```
 //!
