@@ -25,7 +25,7 @@ secs=${FUZZ_SECS:-20}
 seed_arg=()
 [ -n "${FUZZ_SEED:-}" ] && seed_arg=(-seed="$FUZZ_SEED")
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(region topic dlq_envelope)
+[ ${#targets[@]} -eq 0 ] && targets=(region topic dlq_envelope headers)
 
 export CARGO_TARGET_DIR=target/fuzz
 export RUSTFLAGS="-C passes=sancov-module \

@@ -304,13 +304,7 @@ impl CompetingConsumer {
     }
 
     fn record(&self, offset: u64) -> Record {
-        Record {
-            partition: self.partition,
-            offset,
-            timestamp_ns: self.buf.timestamp_ns,
-            key: self.buf.key().map(<[u8]>::to_vec),
-            value: self.buf.value().to_vec(),
-        }
+        Record::from_buf(self.partition, offset, &self.buf)
     }
 
     /// Mark the previous batch done, then take up to `max` records: first

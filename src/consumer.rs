@@ -6,6 +6,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::group_protocol as proto;
 use crate::group_table::Table;
+use crate::headers::Headers;
 use crate::offset::{NoGroupStore, OffsetStore, ShmOffsetStore};
 use crate::os;
 use crate::ring::{self, ReadOutcome, RecordBuf};
@@ -40,6 +41,37 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// Value.
     pub value: Vec<u8>,
+    /// Headers (empty if sent without; see [`Record::headers`]).
+    pub headers: Headers,
+}
+
+impl Record {
+    /// The record's headers (empty if it was sent without).
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The key, if sent with one.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    /// The value.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// An owned record from what a read left in `buf`.
+    pub(crate) fn from_buf(partition: u32, offset: u64, buf: &RecordBuf) -> Record {
+        Record {
+            partition,
+            offset,
+            timestamp_ns: buf.timestamp_ns,
+            key: buf.key().map(<[u8]>::to_vec),
+            value: buf.value().to_vec(),
+            headers: buf.headers().to_headers(),
+        }
+    }
 }
 
 /// A reader fell a whole ring behind on a partition and lost records.
@@ -62,6 +94,9 @@ pub struct Polled {
     pub lagged: Vec<Lagged>,
     /// Records skipped because their slot was malformed (a buggy peer).
     pub corrupt: u64,
+    /// Records a filter passed over ([`Consumer::poll_filtered`]): read in
+    /// place, not copied, and consumed (a commit covers them).
+    pub filtered: u64,
 }
 
 impl Polled {
@@ -571,13 +606,8 @@ impl Consumer {
             while out.records.len() < max && c.may_read(part.header(), &slots) {
                 match ring::read(part.header(), &slots, c.next, &mut self.buf) {
                     ReadOutcome::Record => {
-                        out.records.push(Record {
-                            partition: c.partition,
-                            offset: c.next,
-                            timestamp_ns: self.buf.timestamp_ns,
-                            key: self.buf.key().map(<[u8]>::to_vec),
-                            value: self.buf.value().to_vec(),
-                        });
+                        out.records
+                            .push(Record::from_buf(c.partition, c.next, &self.buf));
                         c.next = c.next.saturating_add(1);
                     }
                     ReadOutcome::NotYet if c.skip_stuck() => {
@@ -688,7 +718,7 @@ impl Consumer {
         }
     }
 
-    fn wait_once(&self, waiter: &mut Waiter, deadline: Deadline) {
+    pub(crate) fn wait_once(&self, waiter: &mut Waiter, deadline: Deadline) {
         let inner = &self.topic.inner;
         let parts = self
             .cursors

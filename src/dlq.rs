@@ -455,7 +455,9 @@ impl DlqRouter {
         }
         .with_send_timeout(Some(self.route_timeout));
         let p = producer.partitions()[0];
-        let sent = producer.send_to(p, Some(&key), &record.value)?;
+        // The record's headers go with it (a typed record's compression
+        // mark among them, so the dead letter still decodes).
+        let sent = producer.send_with_to(p, Some(&key), &record.headers, &record.value)?;
         drop(producer);
         self.source.inner.group(self.g).partitions[record.partition as usize]
             .dead_lettered

@@ -307,6 +307,32 @@ pub enum Error {
         /// What is wrong with it.
         problem: String,
     },
+    /// A record header could not be added (name, value or count too large).
+    #[error("invalid record header: {0}")]
+    InvalidHeader(String),
+    /// A typed record did not decode (see `shmq::typed`). The consumer moved
+    /// past it; the raw record is kept (`TypedConsumer::take_failed`).
+    #[error("topic {topic:?} partition {partition} offset {offset}: cannot decode the record with {codec}: {reason}; it was produced with another codec or type, or is not a typed record (take it with TypedConsumer::take_failed to dead-letter it, or re-read it by seeking to the offset)")]
+    Decode {
+        /// Topic.
+        topic: String,
+        /// Partition of the record.
+        partition: u32,
+        /// Offset of the record.
+        offset: u64,
+        /// The codec (or compression) that failed.
+        codec: &'static str,
+        /// The codec's message.
+        reason: String,
+    },
+    /// A value could not be encoded by a typed producer's codec.
+    #[error("cannot encode the value with {codec}: {reason}")]
+    Encode {
+        /// The codec (or compression) that failed.
+        codec: &'static str,
+        /// The codec's message.
+        reason: String,
+    },
 }
 
 fn fmt_dur(d: std::time::Duration) -> String {

@@ -641,7 +641,7 @@ impl Drop for ConsumerGroup {
 /// ```
 pub struct GroupConsumer {
     group: ConsumerGroup,
-    consumer: Consumer,
+    pub(crate) consumer: Consumer,
     /// Where this member last was on each partition it read: everything
     /// below was delivered, so a partition taken again never starts below
     /// it (a scribbled low committed offset would count the ring's whole
@@ -788,7 +788,7 @@ impl GroupConsumer {
         Ok(changed)
     }
 
-    fn maintain(&mut self) -> Result<()> {
+    pub(crate) fn maintain(&mut self) -> Result<()> {
         self.group.m.check_group()?;
         let now = os::now_ns();
         if now.saturating_sub(self.group.last_claim_ns) >= self.group.m.every_ns

@@ -46,7 +46,29 @@
 //!        | 0 = empty     |  u32  |  u32  | u64 (Unix)    | (key_len + val_len        |
 //!        | 2o+1 writing o|       |bit31= |               |   <= slot_size)           |
 //!        | 2o+2 holds o  |       |has key|               |                           |
+//!        |               |       |bit30= |               |                           |
+//!        |               |       |has    |               |                           |
+//!        |               |       |headers|               |                           |
 //!        +---------------+-------+-------+---------------+---------------------------+
+//!
+//!  body when bit 30 (HAS_HEADERS) of the key word is set: a headers block,
+//!  then key, then value (key_len and val_len keep their meaning)
+//!  body+  0       4       6       8
+//!        +-------+-------+-------+-----------+-----------+-----+-----------+-------+
+//!        |blk_len| count | 0     | entry 0   | entry 1   | ... | key bytes | value |
+//!        |u32    | u16   | u16   |           |           |     |           | bytes |
+//!        +-------+-------+-------+-----------+-----------+-----+-----------+-------+
+//!        <------------------- blk_len bytes ------------------->
+//!  entry  0       2               6
+//!        +-------+---------------+--------------+---------------+
+//!        |nm_len | val_len       | name (UTF-8) | value bytes   |
+//!        | u16   | u32           | nm_len bytes | val_len bytes |
+//!        +-------+---------------+--------------+---------------+
+//!  A record is intact only if blk_len >= 8, blk_len + key_len + val_len <=
+//!  slot_size, count >= 1, exactly `count` entries fill the block to
+//!  blk_len, and every name is UTF-8 (`crate::headers::validate`); anything
+//!  else is a corrupt record. All integers little-endian, unaligned. Without bit 30 the body
+//!  is key then value, byte for byte as in layout version 2.
 //! ```
 //!
 //! `stride = round_up(SLOT_HEADER + slot_size, 64)`; the region's length is
@@ -119,7 +141,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMQRING"` read as a little-endian `u64`; marks a fully initialised region.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQRING");
 /// Version of this layout. Bump it on any change to a struct in this file.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Region kind stored in the identity line.
 pub const KIND_PARTITION: u32 = 1;
@@ -140,6 +162,17 @@ pub const RECLAIMED: u64 = u64::MAX;
 
 /// Bit set in a slot's `key_len` word when the record carries a key.
 pub const HAS_KEY: u32 = 1 << 31;
+
+/// Bit set in a slot's `key_len` word when the body starts with a headers
+/// block (see the diagram above and `crate::headers`).
+pub const HAS_HEADERS: u32 = 1 << 30;
+/// The key length bits of a slot's `key_len` word.
+pub const KEY_LEN_MASK: u32 = HAS_HEADERS - 1;
+/// Bytes of a headers block before its first entry (`blk_len`, `count`,
+/// reserved).
+pub const HEADERS_PREFIX: usize = 8;
+/// Bytes of a header entry before its name (`nm_len`, `val_len`).
+pub const HEADER_ENTRY_PREFIX: usize = 6;
 
 /// Largest partition count a topic may have (or grow to).
 pub const MAX_PARTITIONS: u32 = 256;
@@ -481,6 +514,9 @@ mod asserts {
     const _: () = assert!(size_of::<GroupPartition>() == LINE);
     const _: () = assert!(SLOT_HEADER == 24);
     const _: () = assert!(stride(40) == 64 && stride(41) == 128);
+    const _: () =
+        assert!(HAS_HEADERS & HAS_KEY == 0 && KEY_LEN_MASK & (HAS_KEY | HAS_HEADERS) == 0);
+    const _: () = assert!(HEADERS_PREFIX == 8 && HEADER_ENTRY_PREFIX == 6);
 
     #[test]
     fn with_groups_keeps_the_partition_lines() {

@@ -52,6 +52,10 @@
 //!    and `AsyncCompetingConsumer` are `Stream`s with `recv().await`, and
 //!    `AsyncProducer::send(..).await` waits for room without blocking a
 //!    runtime thread. Blocking code can iterate: [`Consumer::iter`].
+//! 7. Beyond bytes: [`Headers`] on every record ([`Producer::send_with`],
+//!    [`Record::headers`]); in-place filters ([`Consumer::poll_filtered`]);
+//!    [`Requester`] / [`Responder`] for request/reply; typed values over
+//!    serde codecs in `typed` (feature `serde`).
 //!
 //! Every fallible call returns [`Error`], whose messages say what to do.
 //! Loss is reported, not raised: [`Polled::lagged`] on overwrite topics,
@@ -159,9 +163,12 @@ mod dlq;
 #[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]
+mod filter;
+#[cfg(not(loom))]
 mod group;
 #[cfg(not(loom))]
 mod group_table;
+mod headers;
 #[cfg(not(loom))]
 mod iter;
 #[cfg(not(loom))]
@@ -179,6 +186,8 @@ mod region;
 #[cfg(not(loom))]
 mod renewal;
 #[cfg(not(loom))]
+mod request;
+#[cfg(not(loom))]
 mod slots;
 #[cfg(not(loom))]
 mod stats;
@@ -188,6 +197,8 @@ mod storage;
 mod token;
 #[cfg(not(loom))]
 mod topic;
+#[cfg(all(not(loom), feature = "serde"))]
+pub mod typed;
 #[cfg(not(loom))]
 mod wait;
 #[cfg(not(loom))]
@@ -212,6 +223,7 @@ pub use dlq::{
 pub use error::{Error, RegionProblem, Result};
 #[cfg(not(loom))]
 pub use group::{ConsumerGroup, GroupConsumer, GroupOptions, DEFAULT_STALE_AFTER, MIN_STALE_AFTER};
+pub use headers::{HeaderIter, HeaderView, Headers, MAX_HEADERS, MAX_HEADER_NAME};
 #[cfg(not(loom))]
 pub use iter::Iter;
 /// The shape of a partition ring ([`TopicConfig::validate`] returns it).
@@ -223,6 +235,10 @@ pub use offset::{MemOffsetStore, OffsetStore, ShmOffsetStore};
 pub use producer::{key_partition, Partitions, Producer, Sent, SentBatch};
 #[cfg(not(loom))]
 pub use renewal::{RenewalManager, RenewalPolicy};
+#[cfg(not(loom))]
+pub use request::{
+    correlation, service_config, Request, Requester, Responder, CORRELATION_HEADER, REPLY_TO_HEADER,
+};
 #[cfg(not(loom))]
 pub use ring::RecordBuf;
 #[cfg(not(loom))]

@@ -346,7 +346,7 @@ impl Producer {
         self.owned[self.key_index(key)].partition
     }
 
-    fn key_index(&self, key: &[u8]) -> usize {
+    pub(crate) fn key_index(&self, key: &[u8]) -> usize {
         let k = key_partition(key, self.keyed.len() as u32) as usize;
         self.keyed.get(k).copied().unwrap_or(0)
     }
@@ -384,13 +384,13 @@ impl Producer {
         self.send_batch_at(i, values)
     }
 
-    fn next_rr(&mut self) -> usize {
+    pub(crate) fn next_rr(&mut self) -> usize {
         let i = self.rr;
         self.rr = if i + 1 >= self.owned.len() { 0 } else { i + 1 };
         i
     }
 
-    fn index_of(&self, partition: u32) -> Result<usize> {
+    pub(crate) fn index_of(&self, partition: u32) -> Result<usize> {
         match self.by_partition.get(partition as usize) {
             Some(&i) if i != usize::MAX => Ok(i),
             _ if partition < self.topic.partitions() => Err(Error::NotOwned {

@@ -77,20 +77,30 @@ pub struct RecordBuf {
     pub timestamp_ns: u64,
     /// Key length in bytes, or `None` for a record without key.
     pub key_len: Option<u32>,
-    /// Key bytes followed by value bytes.
+    /// Headers block (validated) then key bytes then value bytes.
     pub data: Vec<u8>,
+    /// Bytes of headers block at the start of `data` (0: no headers).
+    pub headers_len: u32,
 }
 
 impl RecordBuf {
     /// The key, if the record has one.
     pub fn key(&self) -> Option<&[u8]> {
+        let h = (self.headers_len as usize).min(self.data.len());
         self.key_len
-            .map(|k| &self.data[..(k as usize).min(self.data.len())])
+            .map(|k| &self.data[h..h.saturating_add(k as usize).min(self.data.len())])
     }
     /// The value.
     pub fn value(&self) -> &[u8] {
         let k = self.key_len.unwrap_or(0) as usize;
-        &self.data[k.min(self.data.len())..]
+        let start = (self.headers_len as usize).saturating_add(k);
+        &self.data[start.min(self.data.len())..]
+    }
+    /// The record's headers (empty if it has none).
+    #[cfg(not(loom))]
+    pub fn headers(&self) -> crate::headers::HeaderView<'_> {
+        let h = (self.headers_len as usize).min(self.data.len());
+        crate::headers::HeaderView::trusted(&self.data[..h])
     }
 }
 

@@ -9,7 +9,8 @@
 //! buffers only, and every length read from a slot is bounds-checked against
 //! the validated geometry before it is used.
 
-use crate::layout::{Geometry, HAS_KEY, PARTITION_HEADER, SLOT_HEADER};
+use crate::headers;
+use crate::layout::{Geometry, HAS_HEADERS, HAS_KEY, KEY_LEN_MASK, PARTITION_HEADER, SLOT_HEADER};
 use crate::region::Region;
 use crate::ring::{RecordBuf, SlotMemory};
 use crate::sync::AtomicU64;
@@ -44,11 +45,13 @@ impl<'a> MappedSlots<'a> {
         }
     }
 
-    /// Borrow slot `index`'s body in place: `(timestamp, key_len, bytes)`.
-    /// `None` if the stored lengths are out of bounds. The bytes may change
-    /// under the caller (another process writes them): the caller must
-    /// re-validate the slot's sequence word after using them.
-    pub(crate) fn body(&self, index: u64) -> Option<(u64, Option<u32>, *const u8, usize)> {
+    /// Locate slot `index`'s body: timestamp, key and headers lengths, and
+    /// the body's bytes (headers block, key, value). `None` if the stored
+    /// lengths are out of bounds. The bytes may change under the caller
+    /// (another process writes them): the caller must re-validate the
+    /// slot's sequence word after using them, and validate the headers
+    /// block (only its length is checked here).
+    pub(crate) fn body(&self, index: u64) -> Option<Body> {
         let p = self.slot(index);
         // SAFETY: the slot header (24 bytes) is within the slot; unaligned
         // volatile reads of plain integers are valid for any bit pattern.
@@ -59,21 +62,98 @@ impl<'a> MappedSlots<'a> {
                 p.add(16).cast::<u64>().read_volatile(),
             )
         };
-        let key_len = key_word & !HAS_KEY;
-        let total = u64::from(val_len) + u64::from(key_len);
+        let key_len = key_word & KEY_LEN_MASK;
+        let mut headers_len = 0u64;
+        if key_word & HAS_HEADERS != 0 {
+            if self.geo.slot_size < crate::layout::HEADERS_PREFIX as u64 {
+                return None;
+            }
+            // SAFETY: the block's first 4 bytes lie inside the body
+            // (slot_size >= HEADERS_PREFIX, checked above); any bit pattern
+            // is a valid u32.
+            headers_len = u64::from(unsafe { p.add(SLOT_HEADER).cast::<u32>().read_unaligned() });
+            if headers_len < crate::layout::HEADERS_PREFIX as u64 {
+                return None;
+            }
+        }
+        let total = u64::from(val_len) + u64::from(key_len) + headers_len;
         if total > self.geo.slot_size {
             return None;
         }
         let key = (key_word & HAS_KEY != 0).then_some(key_len);
-        // SAFETY: SLOT_HEADER + total <= SLOT_HEADER + slot_size <= stride.
-        Some((ts, key, unsafe { p.add(SLOT_HEADER) }, total as usize))
+        Some(Body {
+            timestamp_ns: ts,
+            key_len: key,
+            headers_len: headers_len as u32,
+            // SAFETY: SLOT_HEADER + total <= SLOT_HEADER + slot_size <= stride.
+            src: unsafe { p.add(SLOT_HEADER) },
+            len: total as usize,
+        })
     }
+
+    /// Write a record with a headers block (`block`, a valid encoding from
+    /// `crate::headers::Headers`, possibly empty) into claimed slot `index`.
+    /// The caller has checked `block + key + value <= slot_size` and
+    /// `key <= KEY_LEN_MASK` (asserted). An empty block writes exactly what
+    /// `write_body` writes.
+    pub(crate) fn write_record(
+        &self,
+        index: u64,
+        timestamp_ns: u64,
+        key: Option<&[u8]>,
+        block: &[u8],
+        value: &[u8],
+    ) {
+        let k = key.map_or(0, <[u8]>::len);
+        let h = block.len();
+        assert!(
+            (h + k + value.len()) as u64 <= self.geo.slot_size && k <= KEY_LEN_MASK as usize,
+            "caller checks the record fits"
+        );
+        let mut key_word = match key {
+            Some(k) => k.len() as u32 | HAS_KEY,
+            None => 0,
+        };
+        if h > 0 {
+            key_word |= HAS_HEADERS;
+        }
+        let p = self.slot(index);
+        // SAFETY: header words and body (h + k + value.len() <= slot_size
+        // bytes, asserted) lie inside this slot; the caller holds the slot's
+        // claim. Sources are process-private slices that cannot overlap the
+        // mapping for writing (a caller passing bytes borrowed from the same
+        // slot would be copying a record onto itself, which `copy` tolerates).
+        unsafe {
+            p.add(8).cast::<u32>().write_volatile(value.len() as u32);
+            p.add(12).cast::<u32>().write_volatile(key_word);
+            p.add(16).cast::<u64>().write_volatile(timestamp_ns);
+            let body = p.add(SLOT_HEADER);
+            if h > 0 {
+                std::ptr::copy(block.as_ptr(), body, h);
+            }
+            if let Some(key) = key {
+                std::ptr::copy(key.as_ptr(), body.add(h), k);
+            }
+            std::ptr::copy(value.as_ptr(), body.add(h + k), value.len());
+        }
+    }
+}
+
+/// Where a slot's body lies and how it is split (see [`MappedSlots::body`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Body {
+    pub(crate) timestamp_ns: u64,
+    pub(crate) key_len: Option<u32>,
+    /// Bytes of headers block at the start of the body (0: none).
+    pub(crate) headers_len: u32,
+    src: *const u8,
+    len: usize,
 }
 
 impl<'a> MappedSlots<'a> {
     /// Borrow slot `index`'s body where it lies, for an in-place read:
-    /// `(timestamp, key_len, key + value bytes)`, or `None` if the stored
-    /// lengths are out of bounds.
+    /// `(body, headers block + key + value bytes)`, or `None` if the stored
+    /// lengths are out of bounds or the headers block is malformed.
     ///
     /// The bytes are plain `u8`s inside the mapping, which outlives `'a`; but
     /// on an overwrite topic the writer may start rewriting them while they
@@ -81,15 +161,19 @@ impl<'a> MappedSlots<'a> {
     /// The caller (`crate::ring::read_with`) re-validates the slot's sequence
     /// word afterwards and reports the borrow as lapped if it changed; the
     /// borrower must treat the bytes as untrusted input either way.
-    pub(crate) fn view(&self, index: u64) -> Option<(u64, Option<u32>, &'a [u8])> {
-        let (ts, key_len, src, len) = self.body(index)?;
+    pub(crate) fn view(&self, index: u64) -> Option<(Body, &'a [u8])> {
+        let body = self.body(index)?;
         // SAFETY: `src..src + len` lies inside slot `index` (bounds checked
         // by `body` against the validated geometry), inside the mapping that
         // `self.region: &'a Region` keeps alive for `'a`; every bit pattern is
         // a valid `u8`. Concurrent writes by another process are the seqlock
         // race described above and in the module docs.
-        let bytes = unsafe { std::slice::from_raw_parts(src, len) };
-        Some((ts, key_len, bytes))
+        let bytes = unsafe { std::slice::from_raw_parts(body.src, body.len) };
+        let h = body.headers_len as usize;
+        if h > 0 && headers::validate(bytes) != Some(h) {
+            return None;
+        }
+        Some((body, bytes))
     }
 
     /// Start an in-place write into slot `index`, which the caller has
@@ -176,48 +260,30 @@ impl SlotMemory for MappedSlots<'_> {
 
     #[inline]
     fn write_body(&self, index: u64, timestamp_ns: u64, key: Option<&[u8]>, value: &[u8]) {
-        let k = key.map_or(0, <[u8]>::len);
-        assert!(
-            (k + value.len()) as u64 <= self.geo.slot_size,
-            "caller checks the record fits"
-        );
-        let key_word = match key {
-            Some(k) => k.len() as u32 | HAS_KEY,
-            None => 0,
-        };
-        let p = self.slot(index);
-        // SAFETY: header words and body (k + value.len() <= slot_size bytes,
-        // asserted) lie inside this slot; the caller holds the slot's claim.
-        // Sources are process-private slices that cannot overlap the mapping
-        // for writing (a caller passing bytes borrowed from the same slot
-        // would be copying a record onto itself, which `copy` tolerates).
-        unsafe {
-            p.add(8).cast::<u32>().write_volatile(value.len() as u32);
-            p.add(12).cast::<u32>().write_volatile(key_word);
-            p.add(16).cast::<u64>().write_volatile(timestamp_ns);
-            let body = p.add(SLOT_HEADER);
-            if let Some(key) = key {
-                std::ptr::copy(key.as_ptr(), body, k);
-            }
-            std::ptr::copy(value.as_ptr(), body.add(k), value.len());
-        }
+        self.write_record(index, timestamp_ns, key, &[], value);
     }
 
     #[inline]
     fn read_body(&self, index: u64, out: &mut RecordBuf) -> bool {
-        let Some((ts, key_len, src, len)) = self.body(index) else {
+        let Some(body) = self.body(index) else {
             return false;
         };
-        out.timestamp_ns = ts;
-        out.key_len = key_len;
+        let len = body.len;
+        out.timestamp_ns = body.timestamp_ns;
+        out.key_len = body.key_len;
+        out.headers_len = body.headers_len;
         out.data.clear();
         out.data.reserve(len);
         // SAFETY: `src..src+len` is inside the slot (checked by `body`); the
         // destination has capacity for `len` bytes (reserved) and is private.
         unsafe {
-            std::ptr::copy_nonoverlapping(src, out.data.as_mut_ptr(), len);
+            std::ptr::copy_nonoverlapping(body.src, out.data.as_mut_ptr(), len);
             out.data.set_len(len);
         }
-        true
+        // The headers block is checked on the private copy: a copy torn by
+        // the writer fails here too, and `ring::read` then sees the changed
+        // sequence word and reports a lap, not a corrupt record.
+        let h = body.headers_len as usize;
+        h == 0 || headers::validate(&out.data) == Some(h)
     }
 }

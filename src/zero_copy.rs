@@ -28,6 +28,7 @@ use std::ops::{Deref, DerefMut};
 use crate::backpressure;
 use crate::consumer::{Consumer, Delivered};
 use crate::error::{Error, Result};
+use crate::headers::HeaderView;
 use crate::os;
 use crate::producer::{Producer, Sent};
 use crate::ring::{self, Claimed, ReadWith};
@@ -46,6 +47,39 @@ pub struct RecordView<'a> {
     pub key: Option<&'a [u8]>,
     /// The value, in the partition's shared memory.
     pub value: &'a [u8],
+    /// The headers, in the partition's shared memory (validated before the
+    /// closure runs; iteration stays bounds-checked).
+    pub headers: HeaderView<'a>,
+}
+
+impl<'a> RecordView<'a> {
+    /// The record's headers, in place.
+    pub fn headers(&self) -> HeaderView<'a> {
+        self.headers
+    }
+}
+
+impl<'a> RecordView<'a> {
+    /// Split a slot body found by `MappedSlots::view` into its parts.
+    pub(crate) fn split(
+        partition: u32,
+        offset: u64,
+        body: crate::slots::Body,
+        bytes: &'a [u8],
+    ) -> RecordView<'a> {
+        let h = (body.headers_len as usize).min(bytes.len());
+        let (headers, rest) = bytes.split_at(h);
+        let k = body.key_len.map_or(0, |k| k as usize);
+        let (key, value) = rest.split_at(k.min(rest.len()));
+        RecordView {
+            partition,
+            offset,
+            timestamp_ns: body.timestamp_ns,
+            key: body.key_len.map(|_| key),
+            value,
+            headers: HeaderView::trusted(headers),
+        }
+    }
 }
 
 /// What [`Consumer::poll_with`] did with one record.
@@ -108,16 +142,8 @@ impl Consumer {
             while c.may_read(part.header(), &slots) {
                 let (partition, offset) = (c.partition, c.next);
                 let got = ring::read_with(part.header(), &slots, offset, |index| {
-                    let (timestamp_ns, key_len, bytes) = slots.view(index)?;
-                    let k = key_len.map_or(0, |k| k as usize);
-                    let (key, value) = bytes.split_at(k.min(bytes.len()));
-                    let view = RecordView {
-                        partition,
-                        offset,
-                        timestamp_ns,
-                        key: key_len.map(|_| key),
-                        value,
-                    };
+                    let (body, bytes) = slots.view(index)?;
+                    let view = RecordView::split(partition, offset, body, bytes);
                     // `f` is taken at most once: `read_with` runs this
                     // closure at most once, and a `Record` returns below.
                     f.take().map(|f| f(view))
@@ -340,7 +366,7 @@ impl Deref for Loan<'_> {
         let (part, index) = self.slot();
         // The header we wrote says `len` bytes and only this loan writes it,
         // so the in-place view is exactly the loaned bytes.
-        part.slots().view(index).map_or(&[], |(_, _, bytes)| bytes)
+        part.slots().view(index).map_or(&[], |(_, bytes)| bytes)
     }
 }
 

@@ -300,3 +300,91 @@ fn async_send_and_recv_into_do_not_allocate() {
     drop((p, c, topic));
     fx.finish();
 }
+
+/// Typed messages (feature `serde`): once warm, a typed send + receive
+/// makes exactly the allocations the codec itself makes for the value
+/// (here one `String` per decode), none of its own, with and without
+/// compression and with headers.
+#[cfg(all(feature = "json", feature = "postcard", feature = "msgpack"))]
+mod typed {
+    use super::*;
+    use shmq::typed::{Codec, Compression, Json, MsgPack, Postcard, TypedConsumer, TypedProducer};
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Tick {
+        seq: u64,
+        symbol: String,
+        prices: [u16; 8],
+    }
+
+    fn tick(seq: u64) -> Tick {
+        Tick {
+            seq,
+            symbol: "ACME".repeat(1 + seq as usize % 4),
+            prices: [seq as u16; 8],
+        }
+    }
+
+    /// Allocations per message of (codec alone, typed path) for codec `C`.
+    fn per_message<C: Codec>(tag: &str, compression: Compression) {
+        let fx = Fixture::new(tag);
+        let topic = fx.topic(Overflow::Overwrite);
+        let mut tx = TypedProducer::<Tick, C>::new(Producer::new(&topic).unwrap())
+            .with_compression(compression, 0);
+        let mut rx = TypedConsumer::<Tick, C>::new(Consumer::reader(&topic).unwrap());
+        rx.consumer().seek(SeekPolicy::Latest).unwrap();
+        let headers = shmq::Headers::new().with("source", "alloc-test");
+        // Warm up: every buffer grows to the largest message (more digits
+        // than any measured one).
+        for i in 0..64 {
+            let t = tick(1_000_000_000 + i);
+            tx.send_with(None, &headers, &t).unwrap();
+            assert_eq!(rx.poll().unwrap().unwrap().value, t);
+        }
+        // The codec's own allocations for the same values.
+        let mut out = Vec::with_capacity(4096);
+        let codec_only = allocations(|| {
+            for i in 0..N {
+                out.clear();
+                C::encode(&tick(i), &mut out).unwrap();
+                let back: Tick = C::decode(&out).unwrap();
+                assert_eq!(back.seq, i);
+            }
+        });
+        let typed = allocations(|| {
+            for i in 0..N {
+                tx.send_with(None, &headers, &tick(i)).unwrap();
+                let m = rx.poll().unwrap().expect("just sent");
+                assert_eq!(m.value.seq, i);
+                assert_eq!(m.headers.get_str("source"), Some("alloc-test"));
+            }
+        });
+        assert!(
+            codec_only >= N,
+            "the codec allocates the String: {codec_only}"
+        );
+        // lz4_flex allocates its hash table once per compressed block: the
+        // compressor's own allocation, one per message, none of ours.
+        let compressor = if compression == Compression::None {
+            0
+        } else {
+            N
+        };
+        assert_eq!(
+            typed,
+            codec_only + compressor,
+            "{tag}: typed path {typed} allocations, the codec alone {codec_only} for {N} messages"
+        );
+        drop((tx, rx, topic));
+        fx.finish();
+    }
+
+    #[test]
+    fn typed_path_allocations_are_the_codecs_own() {
+        per_message::<Json>("tj", Compression::None);
+        per_message::<Postcard>("tp", Compression::None);
+        per_message::<MsgPack>("tm", Compression::None);
+        #[cfg(feature = "lz4")]
+        per_message::<Postcard>("tl", Compression::Lz4);
+    }
+}

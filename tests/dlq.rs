@@ -198,6 +198,7 @@ fn envelopes_round_trip_and_garbage_is_rejected() {
         timestamp_ns: 123,
         key: Some(b"k".to_vec()),
         value: b"v".to_vec(),
+        headers: Default::default(),
     };
     let letter = DeadLetter::new("orders", &record, 5);
     let key = letter.encode_key();

@@ -3,14 +3,16 @@
 //! * [`region`]: raw bytes as a partition or meta region file: attach
 //!   (magic, version, kind, size), geometry validation, the group table.
 //! * [`topic`]: a real topic's regions (a snapshot taken once per process,
-//!   with records, a lapped ring, a keyed record, a consumer group with a
+//!   with records, a lapped ring, a keyed record, a record with headers, a
+//!   consumer group with a
 //!   member and commits), damaged by the input's word writes and
 //!   truncations, then opened and used the way every process uses a topic:
-//!   `open`, `stats`, polls (copying and zero-copy) from every position, a
+//!   `open`, `stats`, polls (copying, zero-copy, filtered) from every position, a
 //!   group member joining and committing, a competing consumer, a producer
 //!   taking the partitions over and sending. This covers the slot reads, the
 //!   writer's resume over a damaged ring and the group protocol's reads.
 //! * [`dlq_envelope`]: the dead-letter envelope decoder, with a round trip.
+//! * [`headers`]: the record-headers block decoder, with a round trip.
 //!
 //! Each returns normally on any input; a panic (including an arithmetic
 //! overflow: the fuzz binaries are built with debug assertions), an
@@ -189,6 +191,9 @@ fn snapshot(overflow: Overflow) -> Option<Image> {
             }
         }
         let _ = producer.send_to(1, Some(b"key"), b"keyed value");
+        // A record with a headers block, for patches to damage.
+        let headers = shmq::Headers::new().with("h", "v").with("n", [0u8, 1]);
+        let _ = producer.send_with_to(1, Some(b"k2"), &headers, b"with headers");
         let _ = group.poll(2);
         let _ = group.commit();
         let mut files =
@@ -333,8 +338,12 @@ fn use_topic(topic: &Topic, flags: u8) {
         }
         let _ = c.seek(SeekPolicy::Earliest);
         for _ in 0..12 {
-            let _ = c.poll_with(|r| r.value.len() + r.key.map_or(0, <[u8]>::len));
+            let _ = c.poll_with(|r| {
+                r.value.len() + r.key.map_or(0, <[u8]>::len) + r.headers.iter().count()
+            });
         }
+        let _ = c.seek(SeekPolicy::Earliest);
+        let _ = c.poll_filtered(8, |r| r.headers.get("h").is_some());
         let _ = (c.missed(), c.corrupt(), c.lag(0), c.lag(1));
     }
     let opts = GroupOptions::default();
@@ -380,4 +389,26 @@ pub fn dlq_envelope(data: &[u8]) {
             .expect("a decoded envelope re-encodes to a valid one");
         assert_eq!(again, dl, "envelope round trip");
     }
+}
+
+// ------------------------------------------------------------ record headers
+
+/// The record-headers decoder (`shmq::HeaderView::parse`, the check every
+/// reader applies to a slot's headers block). A block it accepts must
+/// iterate to exactly its count and re-encode (through `shmq::Headers`) to
+/// the same bytes; anything else must be refused without a panic.
+pub fn headers(data: &[u8]) {
+    let Some(view) = shmq::HeaderView::parse(data) else {
+        return;
+    };
+    let mut again = shmq::Headers::new();
+    let mut n = 0;
+    for (name, value) in view.iter() {
+        again
+            .push(name, value)
+            .expect("a decoded header re-encodes");
+        n += 1;
+    }
+    assert_eq!(n, view.len(), "iteration yields every counted header");
+    assert_eq!(again.as_bytes(), data, "headers block round trip");
 }

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 
 type Harness = fn(&[u8]);
 
-const TARGETS: [(&str, Harness); 3] = [
+const TARGETS: [(&str, Harness); 4] = [
     ("region", shmq_fuzz::region),
     ("topic", shmq_fuzz::topic),
     ("dlq_envelope", shmq_fuzz::dlq_envelope),
+    ("headers", shmq_fuzz::headers),
 ];
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
@@ -150,6 +151,7 @@ fn write_seed_corpus() {
         timestamp_ns: 7,
         key: Some(b"user-1".to_vec()),
         value: b"payload".to_vec(),
+        headers: Default::default(),
     };
     for (name, rec) in [
         ("keyed", record.clone()),

@@ -82,6 +82,7 @@ impl From<shmq::Error> for CliError {
             E::GroupBusy { .. } => 10,
             E::GroupTableFull { .. } | E::MemberTableFull { .. } => 11,
             E::DataDir { .. } => 2,
+            E::InvalidHeader(_) => 2,
             _ => 1,
         };
         CliError::new(code, e.to_string())

@@ -6,11 +6,14 @@
 //! {"partition":0,"offset":41,"timestamp_ns":1714560000123456789,
 //!  "timestamp":"2024-05-01T10:40:00.123456789Z",
 //!  "key":null,"key_encoding":null,
-//!  "value":"hello","value_encoding":"utf8"}
+//!  "value":"hello","value_encoding":"utf8",
+//!  "headers":[{"name":"trace-id","value":"4bf9","encoding":"utf8"}]}
 //! ```
 //!
 //! `key`/`value` are the bytes as a UTF-8 string when they are valid UTF-8
-//! (`*_encoding: "utf8"`), else standard base64 (`*_encoding: "base64"`).
+//! (`*_encoding: "utf8"`), else standard base64 (`*_encoding: "base64"`);
+//! each header's value likewise (`encoding`). `headers` lists the record's
+//! headers in the order they were sent (a name may repeat), `[]` if none.
 //! Loss (an overwrite topic lapping this reader) and skipped malformed
 //! records are reported on stderr.
 
@@ -121,11 +124,24 @@ fn write_record(out: &mut impl Write, r: &Record, format: ConsumeFormat) -> std:
                 "key_encoding": key_encoding,
                 "value": value,
                 "value_encoding": value_encoding,
+                "headers": headers_json(r),
             });
             serde_json::to_writer(&mut *out, &v)?;
             out.write_all(b"\n")
         }
     }
+}
+
+fn headers_json(r: &Record) -> serde_json::Value {
+    let list: Vec<_> = r
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            let (value, encoding) = encode_bytes(value);
+            json!({ "name": name, "value": value, "encoding": encoding })
+        })
+        .collect();
+    serde_json::Value::Array(list)
 }
 
 fn report_loss(p: &Polled) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
-use shmq::{Partitions, Producer, TopicManager};
+use shmq::{Headers, Partitions, Producer, TopicManager};
 
 use crate::cli::Format;
 use crate::error::{CliError, CliResult};
@@ -21,12 +21,15 @@ Without --partition, the command writes every partition that has no live
 producer (round-robin), or, if other producers hold them all, a new partition:
 the topic grows by one (up to its --max-partitions). So any number of
 `shmq produce` processes can feed one topic at once. With --key, every message
-goes to the same one of those partitions (order kept for this run).
+goes to the same one of those partitions (order kept for this run). Each
+--header NAME=VALUE (repeatable) is attached to every message; `shmq consume
+--format json` shows them.
 
 Examples:
   printf 'a\\nb\\n' | shmq produce orders
   shmq produce orders --key user-42 --file events.txt
-  seq 1000 | shmq produce orders --partition 2 --format json")]
+  seq 1000 | shmq produce orders --partition 2 --format json
+  echo '{}' | shmq produce orders --header content-type=application/json --header trace=1")]
 pub struct ProduceArgs {
     /// Topic name.
     pub topic: String,
@@ -47,6 +50,17 @@ pub struct ProduceArgs {
     /// Output format of the summary.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// A record header NAME=VALUE sent with every message (repeatable; the
+    /// value is everything after the first `=`).
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
 }
 
 /// Run `shmq produce`.
@@ -68,7 +82,13 @@ pub fn run(ns: &str, args: ProduceArgs) -> CliResult {
     };
     let mut per_partition = std::collections::BTreeMap::<u32, u64>::new();
     let mut sent = 0u64;
-    let result = send_lines(input, &mut producer, target, key, |p| {
+    let mut headers = Headers::new();
+    for (name, value) in &args.headers {
+        headers
+            .push(name, value)
+            .map_err(|e| CliError::from(e).context("--header"))?;
+    }
+    let result = send_lines(input, &mut producer, target, key, &headers, |p| {
         sent += 1;
         *per_partition.entry(p).or_default() += 1;
     });
@@ -110,6 +130,7 @@ fn send_lines(
     producer: &mut Producer,
     target: Option<u32>,
     key: Option<&[u8]>,
+    headers: &Headers,
     mut on_sent: impl FnMut(u32),
 ) -> CliResult {
     let mut line = Vec::new();
@@ -130,6 +151,8 @@ fn send_lines(
             }
         }
         let sent = match (target, key) {
+            (Some(p), key) if !headers.is_empty() => producer.send_with_to(p, key, headers, &line),
+            (None, key) if !headers.is_empty() => producer.send_with(key, headers, &line),
             (Some(p), key) => producer.send_to(p, key, &line),
             (None, Some(k)) => producer.send_keyed(k, &line),
             (None, None) => producer.send(&line),
