@@ -210,10 +210,9 @@ impl ExportBridge {
                 base64::engine::general_purpose::STANDARD.encode(key),
             );
         }
-        // TODO(lead): record headers. Once `Record::headers()` (the typed
-        // helper's work) is on main, copy each header here as a NATS header
-        // `Shmq-H-<name>` (value as is when it is valid header text, else
-        // base64 under `Shmq-HB-<name>`), and have `import::send` restore them.
+        for (name, value) in r.headers() {
+            hm.append(h::RECORD_HEADER, crate::encode_record_header(name, value));
+        }
         Publish::build()
             .headers(hm)
             .payload(bytes::Bytes::copy_from_slice(&r.value))

@@ -417,12 +417,26 @@ impl ImportBridge {
             offset,
         };
         self.ckpt.send(&c.encode())?;
-        // TODO(lead): record headers (see export::message): restore the
-        // `Shmq-H-*` NATS headers as record headers once the API is on main.
+        let mut record_headers = shmq::Headers::new();
+        if let Some(hm) = headers {
+            for v in hm.get_all(h::RECORD_HEADER) {
+                let (name, value) = crate::decode_record_header(v.as_str()).ok_or_else(|| {
+                    BridgeError::Conflict(format!(
+                        "stream sequence {seq}: bad {} header {:?}",
+                        h::RECORD_HEADER,
+                        v.as_str()
+                    ))
+                })?;
+                record_headers.push(&name, value)?;
+            }
+        }
         let mut waited = 0u32;
         let mut last_progress = Instant::now();
         loop {
-            match self.producer.send_to(partition, key.as_deref(), &m.payload) {
+            match self
+                .producer
+                .send_with_to(partition, key.as_deref(), &record_headers, &m.payload)
+            {
                 Ok(sent) => {
                     if sent.offset != offset {
                         return Err(BridgeError::Conflict(format!(

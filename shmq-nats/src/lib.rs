@@ -60,6 +60,10 @@ pub mod headers {
     pub const TIMESTAMP: &str = "Shmq-Timestamp";
     /// The record's key, base64 (standard alphabet, padded); absent without key.
     pub const KEY: &str = "Shmq-Key";
+    /// One record header per value, in record order (the name may repeat):
+    /// `base64(name) "." base64(value)`, so any header name and any value
+    /// bytes survive NATS' header syntax.
+    pub const RECORD_HEADER: &str = "Shmq-Header";
 }
 
 /// Tells a running bridge to stop (cheap to clone; set from a signal
@@ -130,4 +134,45 @@ pub(crate) fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -
     use async_nats::jetstream::context::GetStreamErrorKind;
     use async_nats::jetstream::ErrorCode;
     matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// A record header as one `Shmq-Header` NATS header value:
+/// `base64(name) "." base64(value)` (standard alphabet, which has no `.`).
+pub(crate) fn encode_record_header(name: &str, value: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    format!("{}.{}", b64.encode(name), b64.encode(value))
+}
+
+/// The inverse of [`encode_record_header`]; `None` for anything it did not
+/// produce (the caller reports the message as malformed).
+pub(crate) fn decode_record_header(v: &str) -> Option<(String, Vec<u8>)> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (name, value) = v.split_once('.')?;
+    let name = String::from_utf8(b64.decode(name).ok()?).ok()?;
+    Some((name, b64.decode(value).ok()?))
+}
+
+#[cfg(test)]
+mod record_header_tests {
+    use super::{decode_record_header, encode_record_header};
+
+    #[test]
+    fn record_headers_round_trip_any_name_and_bytes() {
+        for (name, value) in [
+            ("content-type", &b"text/plain"[..]),
+            ("a b:c.d", &[0u8, 255, b'.', b'\n'][..]),
+            ("", &[][..]),
+        ] {
+            let enc = encode_record_header(name, value);
+            assert!(!enc.contains(['\r', '\n', ' ']), "{enc:?}");
+            assert_eq!(
+                decode_record_header(&enc),
+                Some((name.to_string(), value.to_vec()))
+            );
+        }
+        assert_eq!(decode_record_header("no-dot"), None);
+        assert_eq!(decode_record_header("!!.AA=="), None);
+    }
 }
