@@ -92,6 +92,31 @@ impl<'a> MappedSlots<'a> {
         Some((ts, key_len, bytes))
     }
 
+    /// Append slot `index`'s body (key + value bytes) to `out`, for a batch
+    /// read: `(timestamp, key_len, bytes appended)`, or `None` (nothing
+    /// appended) if the stored lengths are out of bounds. The copy races the
+    /// writer exactly as [`SlotMemory::read_body`]'s does: the caller
+    /// (`crate::ring::read_with`) re-validates the sequence word afterwards
+    /// and drops the appended bytes if it changed.
+    pub(crate) fn append_body(
+        &self,
+        index: u64,
+        out: &mut Vec<u8>,
+    ) -> Option<(u64, Option<u32>, usize)> {
+        let (ts, key_len, src, len) = self.body(index)?;
+        out.reserve(len);
+        let at = out.len();
+        // SAFETY: `src..src+len` is inside the slot (checked by `body`); the
+        // destination has spare capacity for `len` bytes (reserved) past its
+        // initialised `at` bytes, and is process-private, so the ranges
+        // cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().add(at), len);
+            out.set_len(at + len);
+        }
+        Some((ts, key_len, len))
+    }
+
     /// Start an in-place write into slot `index`, which the caller has
     /// claimed (`crate::ring::Writer::claim`): store the header for a value
     /// of `len` bytes without key (`len <= slot_size`, asserted).
