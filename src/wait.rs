@@ -7,6 +7,11 @@
 //! followed by a SeqCst load of `waiters` (`ring::Writer::commit`), so either
 //! the reader sees the new cursor or the writer sees the waiter and wakes it:
 //! no lost wake-up, and no syscall on `send` while nobody is parked.
+//!
+//! The default strategy ([`WaitStrategy::Backoff`]) decides when to park:
+//! it spins while the next record is expected within its budget (judged
+//! from the gaps between the records the consumer received, kept in a
+//! [`Pacer`]), yields a few times, then parks (see [`Adaptive`]).
 
 use std::time::{Duration, Instant};
 
