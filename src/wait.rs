@@ -129,17 +129,38 @@ pub struct Pacer {
     credit_ns: u64,
     /// When `credit_ns` was last refilled; 0 = never (starts full).
     credit_at_ns: u64,
+    /// Deliveries since `last_ns` that did not read the clock (records that
+    /// were already there: no wait, so no clock read on that path).
+    unclocked: u32,
     /// What the waits did.
     pub counters: WaitCounters,
 }
 
 impl Pacer {
+    /// Deliveries (without waiting) this pacer may count without reading
+    /// the clock before the next one reads it.
+    const UNCLOCKED_MAX: u32 = 64;
+
+    /// A record was there without any wait: counted, and averaged into the
+    /// gap at the next delivery that reads the clock. Returns `false` when
+    /// this one must read the clock instead ([`Pacer::delivered`]).
+    pub fn delivered_unclocked(&mut self) -> bool {
+        if self.last_ns == 0 || self.unclocked >= Self::UNCLOCKED_MAX {
+            return false;
+        }
+        self.unclocked += 1;
+        true
+    }
+
     /// A record (or loss event) was delivered at `now`.
     pub fn delivered(&mut self, cfg: &Adaptive, now: u64) {
+        let n = u64::from(self.unclocked) + 1;
+        self.unclocked = 0;
         if self.last_ns != 0 && now >= self.last_ns {
-            // A long pause (an idle stream) is clamped, so that one pause
-            // does not make a fast stream look slow for long.
-            let sample = (now - self.last_ns).min(cfg.max_spin_ns().saturating_mul(4));
+            // The average gap over the deliveries since the last clocked
+            // one. A long pause (an idle stream) is clamped, so that one
+            // pause does not make a fast stream look slow for long.
+            let sample = ((now - self.last_ns) / n).min(cfg.max_spin_ns().saturating_mul(4));
             self.gap_ns = if self.gap_ns == 0 {
                 sample.max(1)
             } else {
@@ -324,10 +345,14 @@ impl Waiter {
 
     /// The wait ends with something delivered: the pacer, updated with the
     /// delivery time and the spin time spent.
-    pub(crate) fn delivered(self) -> Pacer {
+    pub(crate) fn delivered(mut self) -> Pacer {
         let Some(cfg) = self.adaptive() else {
             return self.pacer;
         };
+        if self.round == 0 && self.pacer.delivered_unclocked() {
+            // Nothing waited: no clock read on this path.
+            return self.pacer;
+        }
         let now = os::monotonic_ns();
         let mut pacer = self.finish(&cfg, now);
         pacer.delivered(&cfg, now);
@@ -471,6 +496,26 @@ mod tests {
         assert!(p.gap_ns().unwrap() > 100 * US);
         let now = last + US;
         assert_eq!(p.plan(&c, now), now + 2 * US);
+    }
+
+    #[test]
+    fn records_taken_without_waiting_are_averaged_into_the_gap() {
+        let c = cfg();
+        let mut p = Pacer::default();
+        let mut t = steady(&mut p, &c, 10 * US, 20);
+        // Nine records found without a wait, then one that read the clock
+        // 10 * 8 µs later: an 8 µs gap on average, not 80 µs.
+        for _ in 0..9 {
+            assert!(p.delivered_unclocked());
+        }
+        t += 80 * US;
+        p.delivered(&c, t);
+        assert!(p.gap_ns().unwrap() < 10 * US, "{:?}", p.gap_ns());
+        // The count is bounded: then a delivery must read the clock.
+        for _ in 0..Pacer::UNCLOCKED_MAX {
+            assert!(p.delivered_unclocked());
+        }
+        assert!(!p.delivered_unclocked());
     }
 
     #[test]
