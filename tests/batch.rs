@@ -344,3 +344,28 @@ fn a_scribbled_watched_slot_neither_delivers_nor_counts_a_lap() {
     drop((p, c, topic, region));
     fx.finish();
 }
+
+#[test]
+fn a_group_member_reads_its_partitions_in_batches() {
+    let fx = Fx::new("grp");
+    let topic = fx.topic(2, Overflow::Backpressure);
+    let mut p = Producer::new(&topic).unwrap();
+    for i in 0..4u8 {
+        p.send_to(u32::from(i % 2), None, &[i]).unwrap();
+    }
+    let mut m = shmq::GroupConsumer::join(&topic, "g", shmq::GroupOptions::default()).unwrap();
+    let mut batch = RecordBatch::new();
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        m.poll_into_batch(&mut batch, 16).unwrap();
+        got.extend(batch.iter().map(|r| (r.partition, r.offset, r.value[0])));
+        if got.len() == 4 {
+            break;
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(got, vec![(0, 0, 0), (0, 1, 2), (1, 0, 1), (1, 1, 3)]);
+    m.commit().unwrap();
+    drop((p, m, topic));
+    fx.finish();
+}
