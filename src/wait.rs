@@ -55,7 +55,7 @@ pub enum WaitStrategy {
 /// `max_spin` apart, the waiting consumer spins through the gaps, up to one
 /// full CPU (a 100k msg/s stream keeps one core busy); when they arrive
 /// further apart, each wait costs at most `min_spin` plus `yields` yields
-/// before it parks (at 1,000 msg/s, about 0.2 % of a core with the
+/// before it parks (at 1,000 msg/s, well under 1 % of a core with the
 /// defaults). `cpu_percent` caps the spinning on average: spin time is
 /// drawn from a credit that refills at `cpu_percent` % of wall time (at
 /// most `max_spin` banked); a wait finding the credit used up spins only
