@@ -365,6 +365,7 @@ impl<'a> Bench<'a> {
                 f.insert(format!("tput.{k}.lost"), s.lost as f64);
                 f.insert(format!("tput.{k}.corrupt"), s.corrupt as f64);
             }
+            f.insert("tput.single.stall_us".into(), single.stall_ns as f64 / 1e3);
             f.insert("tput.wake_syscalls".into(), (wakes1 + wakes2) as f64);
             f.insert("tput.sends".into(), (2 * n) as f64);
             f.insert(
@@ -757,7 +758,10 @@ impl Summary {
                 if lost == 0.0 {
                     "kept up, 0 records lost".to_string()
                 } else {
-                    format!("fell behind, lost {lost:.0} records")
+                    format!(
+                        "fell behind, lost {lost:.0} records (its longest pause between two polls: {:.0} us)",
+                        g("tput.single.stall_us").unwrap_or(f64::NAN)
+                    )
                 }
             );
             let _ = writeln!(

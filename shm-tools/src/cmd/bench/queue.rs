@@ -307,6 +307,7 @@ pub fn consume(ns: &str, args: &ChildArgs) -> CliResult {
     let mut t0 = None;
     let mut since_commit = 0u64;
     let mut seen_missed = 0u64;
+    let (mut stall, mut last_poll) = (0u64, 0u64);
     while tally.n < args.count {
         let before = tally.n;
         match read {
@@ -317,6 +318,14 @@ pub fn consume(ns: &str, args: &ChildArgs) -> CliResult {
                 None => {}
             },
             "batch" => {
+                // The longest time between two polls once the stream has
+                // started: a consumer descheduled longer than the ring lasts
+                // loses records however fast it reads.
+                let now = monotonic_ns();
+                if t0.is_some() {
+                    stall = stall.max(now.saturating_sub(last_poll));
+                }
+                last_poll = now;
                 c.poll_into_batch(&mut batch, 256)?;
                 for r in batch.iter() {
                     tally.check((untag(r.value), r.value.len()));
@@ -357,7 +366,7 @@ pub fn consume(ns: &str, args: &ChildArgs) -> CliResult {
     let corrupt = tally.corrupt + c.corrupt();
     let messages = tally.n.saturating_sub(c.missed());
     report(&format!(
-        "result messages={messages} seconds={secs} lost={lost} corrupt={corrupt}"
+        "result messages={messages} seconds={secs} lost={lost} corrupt={corrupt} stall_ns={stall}"
     ))
 }
 
