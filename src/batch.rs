@@ -198,6 +198,8 @@ impl Consumer {
                         batch.data.truncate(mark);
                         match ring::lapped(hdr, &slots, offset) {
                             ReadOutcome::Lapped { missed, resume } => {
+                                let (missed, resume) =
+                                    c.cache.after_lap(hdr, &slots, offset, missed, resume);
                                 self.missed = self.missed.saturating_add(missed);
                                 batch.lag(c.partition, missed, resume);
                                 c.next = resume;
@@ -212,6 +214,8 @@ impl Consumer {
                     }
                     ReadWith::NotYet => break,
                     ReadWith::Lapped { missed, resume } => {
+                        let (missed, resume) =
+                            c.cache.after_lap(hdr, &slots, offset, missed, resume);
                         self.missed = self.missed.saturating_add(missed);
                         batch.lag(c.partition, missed, resume);
                         c.next = resume;

@@ -557,6 +557,9 @@ impl Consumer {
                     }
                     ReadOutcome::NotYet => break,
                     ReadOutcome::Lapped { missed, resume } => {
+                        let (missed, resume) =
+                            c.cache
+                                .after_lap(part.header(), &slots, c.next, missed, resume);
                         self.missed = self.missed.saturating_add(missed);
                         c.next = resume;
                     }
@@ -610,6 +613,9 @@ impl Consumer {
                     }
                     ReadOutcome::NotYet => break,
                     ReadOutcome::Lapped { missed, resume } => {
+                        let (missed, resume) =
+                            c.cache
+                                .after_lap(part.header(), &slots, c.next, missed, resume);
                         self.missed = self.missed.saturating_add(missed);
                         out.lagged.push(Lagged {
                             partition: c.partition,

@@ -538,6 +538,8 @@ pub struct CursorCache {
     seq_hits: u64,
     /// Loads of the shared cursor by `may_read`. Statistics for tests.
     cursor_loads: u64,
+    /// Where the last lap sent this reader (see [`CursorCache::after_lap`]).
+    lap_resume: Option<u64>,
 }
 
 /// A caught-up reader that finds the slot it watches unpublished loads the
@@ -637,6 +639,38 @@ impl CursorCache {
         std::mem::take(&mut self.damage)
     }
 
+    /// After a lap at `offset` that [`read`] (or [`lapped`]) reported as
+    /// `missed` offsets lost, resuming at `resume`: the `(missed, resume)` to
+    /// apply.
+    ///
+    /// A lap resumes at the oldest offset that can still be intact, which is
+    /// the slot the writer overwrites next. A reader that is lapped again
+    /// right there is chasing the writer's overwrite front: every retry
+    /// costs a cursor load while the writer moves on, and against a writer
+    /// faster than one retry it would lose every record for as long as the
+    /// writer runs. So the second lap in a row at the same place resumes a
+    /// quarter ring further ([`escape`]), counting the skipped offsets as
+    /// missed (the count stays exact), which gives the reader a quarter ring
+    /// of records to read before the writer can reach it again.
+    #[inline]
+    pub fn after_lap<S: SlotMemory + ?Sized>(
+        &mut self,
+        hdr: &PartitionHeader,
+        mem: &S,
+        offset: u64,
+        missed: u64,
+        resume: u64,
+    ) -> (u64, u64) {
+        let (mut missed, mut resume) = (missed, resume);
+        if self.lap_resume == Some(offset) {
+            let further = escape(hdr, mem, resume);
+            missed = missed.saturating_add(further - resume);
+            resume = further;
+        }
+        self.lap_resume = Some(resume);
+        (missed, resume)
+    }
+
     /// The offsets below which this cache knows records are published (the
     /// last believed write cursor).
     #[inline]
@@ -650,6 +684,17 @@ impl CursorCache {
     pub fn loads(&self) -> (u64, u64) {
         (self.seq_hits, self.cursor_loads)
     }
+}
+
+/// Where a reader that keeps being lapped at `resume` (the oldest retained
+/// offset) continues instead: a quarter ring further, never beyond the
+/// validated write end ([`checked_latest`]), never below `resume`.
+pub fn escape<S: SlotMemory + ?Sized>(hdr: &PartitionHeader, mem: &S, resume: u64) -> u64 {
+    let end = checked_latest(hdr, mem);
+    resume
+        .saturating_add((mem.geometry().slots / 4).max(1))
+        .min(end)
+        .max(resume)
 }
 
 /// The offset of the oldest record a reader can still hope to read, given the
