@@ -17,6 +17,9 @@ use crate::ring::{self, ReadOutcome, ReadWith};
 use crate::wait::Waiter;
 use crate::zero_copy::RecordView;
 
+/// How many records ahead a batch read prefetches (within a run).
+const READ_AHEAD: u64 = 8;
+
 /// Where one record of a [`RecordBatch`] lies in its buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
@@ -172,8 +175,21 @@ impl Consumer {
             let part = inner.part(c.partition);
             let hdr = part.header();
             let slots = part.slots();
+            // Prefetch only below a cursor loaded once for this run: slots
+            // the writer has published and will not touch for a ring.
+            let mut run_end = None;
             while batch.entries.len() < max && c.may_read(hdr, &slots) {
                 let offset = c.next;
+                let end = match run_end {
+                    Some(e) => e,
+                    None if max - batch.entries.len() > READ_AHEAD as usize => {
+                        *run_end.insert(c.cache.refresh(hdr, &slots))
+                    }
+                    None => *run_end.insert(0),
+                };
+                if offset.saturating_add(READ_AHEAD) < end {
+                    slots.prefetch_read(offset + READ_AHEAD);
+                }
                 let mark = batch.data.len();
                 let data = &mut batch.data;
                 let got =

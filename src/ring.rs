@@ -639,6 +639,21 @@ impl CursorCache {
         std::mem::take(&mut self.damage)
     }
 
+    /// Load the shared cursor once (at the start of a run of records) and
+    /// cache it if it is believable and beyond what is cached, so the reader
+    /// knows how far the run goes (e.g. to prefetch within it). Returns the
+    /// cached end.
+    #[inline]
+    pub fn refresh<S: SlotMemory + ?Sized>(&mut self, hdr: &PartitionHeader, mem: &S) -> u64 {
+        self.cursor_loads = self.cursor_loads.wrapping_add(1);
+        // SYNC POINT "cursor": Acquire, pairs with `Writer::commit`.
+        let raw = latest(hdr);
+        if raw > self.end && believable(mem, raw) {
+            self.end = raw;
+        }
+        self.end
+    }
+
     /// After a lap at `offset` that [`read`] (or [`lapped`]) reported as
     /// `missed` offsets lost, resuming at `resume`: the `(missed, resume)` to
     /// apply.

@@ -117,6 +117,32 @@ impl<'a> MappedSlots<'a> {
         Some((ts, key_len, len))
     }
 
+    /// Hint that slot `index` (a published one) will be read soon: a read
+    /// prefetch of its first two lines (sequence word, header and body
+    /// start). Purely a performance hint.
+    #[inline]
+    pub(crate) fn prefetch_read(&self, index: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.slot(index & (self.geo.slots - 1));
+            let lines = (self.geo.stride as usize / crate::layout::LINE).min(2);
+            for l in 0..lines {
+                // SAFETY: `prefetcht0` is only a cache hint and never faults;
+                // the address is inside the slot (l * 64 < stride), which is
+                // inside the mapping.
+                unsafe {
+                    std::arch::asm!(
+                        "prefetcht0 [{0}]",
+                        in(reg) p.add(l * crate::layout::LINE),
+                        options(nostack, preserves_flags, readonly)
+                    );
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = index;
+    }
+
     /// Start an in-place write into slot `index`, which the caller has
     /// claimed (`crate::ring::Writer::claim`): store the header for a value
     /// of `len` bytes without key (`len <= slot_size`, asserted).
