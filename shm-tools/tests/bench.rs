@@ -69,11 +69,16 @@ fn every_row_has_its_floor_and_nothing_is_left_behind() {
     }
     // Steady rate with the default strategy: percentiles in order, the
     // consumer's CPU use measured.
-    let p: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
-        .iter()
-        .map(|q| num(&format!("lat.steady.{q}")))
-        .collect();
-    assert!(p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]), "{p:?}");
+    for series in ["steady", "steady_busy"] {
+        let p: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+            .iter()
+            .map(|q| num(&format!("lat.{series}.{q}")))
+            .collect();
+        assert!(
+            p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]),
+            "{series}: {p:?}"
+        );
+    }
     assert!(num("steady.cpu_percent") >= 0.0);
     assert!(num("steady.messages") > 0.0);
     assert_eq!(

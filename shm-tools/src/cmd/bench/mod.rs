@@ -426,8 +426,19 @@ impl<'a> Bench<'a> {
                 run,
                 &format!("steady rate: {rate} msg/s for {n} messages, default strategy"),
             );
-            let st = queue::steady(&self.mgr, cpus, rate, n)?;
+            let st = queue::steady(&self.mgr, cpus, rate, n, false)?;
+            self.step(
+                run,
+                &format!("steady rate: {rate} msg/s for {n} messages, busy-poll (floor)"),
+            );
+            let floor = queue::steady(&self.mgr, cpus, rate, n, true)?;
             lat(f, "steady", &st.latency);
+            lat(f, "steady_busy", &floor.latency);
+            f.insert("steady_busy.cpu_percent".into(), floor.cpu_percent);
+            f.insert(
+                "ratio.steady_p99".into(),
+                st.latency.p99 / floor.latency.p99,
+            );
             f.insert("steady.rate".into(), rate as f64);
             f.insert("steady.messages".into(), n as f64);
             f.insert("steady.cpu_percent".into(), st.cpu_percent);
@@ -712,18 +723,23 @@ impl Summary {
                 "STEADY RATE: {:.0} msg/s, 64 B, one-way (ns)     p50      p90      p99    p99.9      max   consumer CPU",
                 g("steady.rate").unwrap_or(f64::NAN)
             );
-            let v = |k: &str| g(&format!("lat.steady.{k}")).unwrap_or(f64::NAN);
-            let _ = writeln!(
-                s,
-                "  {:<36}{:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0}   {:.0} % of a core",
-                "steady rate, default strategy",
-                v("p50"),
-                v("p90"),
-                v("p99"),
-                v("p999"),
-                v("max"),
-                g("steady.cpu_percent").unwrap_or(f64::NAN)
-            );
+            for (name, key) in [
+                ("busy-poll, same stream (floor)", "steady_busy"),
+                ("steady rate, default strategy", "steady"),
+            ] {
+                let v = |k: &str| g(&format!("lat.{key}.{k}")).unwrap_or(f64::NAN);
+                let _ = writeln!(
+                    s,
+                    "  {:<36}{:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0}   {:.0} % of a core",
+                    name,
+                    v("p50"),
+                    v("p90"),
+                    v("p99"),
+                    v("p999"),
+                    v("max"),
+                    g(&format!("{key}.cpu_percent")).unwrap_or(f64::NAN)
+                );
+            }
             let _ = writeln!(
                 s,
                 "  {:.0} messages, lost {:.0}; the consumer's wait per message: {:.2} parks, {:.0} spin rounds\n",

@@ -414,7 +414,16 @@ pub struct Steady {
 /// consumer process that waits with the default [`WaitStrategy`]: the
 /// sidecar's case. Each message carries `CLOCK_MONOTONIC` at its send, so
 /// the consumer measures one-way latency.
-pub fn steady(mgr: &TopicManager, cpus: Cpus, rate: u64, count: u64) -> CliResult<Steady> {
+///
+/// `busy`: the consumer busy-polls instead (the floor of this experiment:
+/// whatever tail remains there is the machine's, not the wait strategy's).
+pub fn steady(
+    mgr: &TopicManager,
+    cpus: Cpus,
+    rate: u64,
+    count: u64,
+    busy: bool,
+) -> CliResult<Steady> {
     let size = 64usize;
     let t = topic(mgr, "steady", 4096, size, Overflow::Overwrite)?;
     let mut kid = Kid::spawn(
@@ -426,6 +435,8 @@ pub fn steady(mgr: &TopicManager, cpus: Cpus, rate: u64, count: u64) -> CliResul
             count.to_string(),
             "--size".into(),
             size.to_string(),
+            "--wait".into(),
+            if busy { "busy" } else { "default" }.into(),
         ],
     )?;
     kid.expect("ready")?;
@@ -470,7 +481,11 @@ pub fn steady(mgr: &TopicManager, cpus: Cpus, rate: u64, count: u64) -> CliResul
 pub fn steady_consume(ns: &str, args: &ChildArgs) -> CliResult {
     let mgr = TopicManager::with_namespace(ns)?;
     let t = mgr.open("steady")?;
-    let mut c = Consumer::new(&t, GROUP)?.with_wait_strategy(WaitStrategy::default());
+    let strategy = match args.wait.as_deref() {
+        Some("busy") => WaitStrategy::BusySpin,
+        _ => WaitStrategy::default(),
+    };
+    let mut c = Consumer::new(&t, GROUP)?.with_wait_strategy(strategy);
     c.seek(SeekPolicy::Latest)?;
     let mut buf = RecordBuf::default();
     report("ready")?;
