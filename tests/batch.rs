@@ -223,19 +223,30 @@ fn a_torn_record_is_never_delivered_in_a_batch() {
         .slot_size(BIG as u64)
         .overflow(Overflow::Overwrite);
     let topic = fx.mgr.as_ref().unwrap().create("t", config).unwrap();
-    let total: u64 = 100_000;
+    // The writer runs for a fixed time (not a count), so the reader races
+    // it for long enough on any machine.
+    let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (topic, done) = (topic.clone(), done.clone());
+        let (topic, done, stop) = (topic.clone(), done.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut p = Producer::new(&topic).unwrap();
             let msgs: Vec<Vec<u8>> = (0..64).map(|s| payload(s, BIG)).collect();
-            for seq in 0..total {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
                 // Precomputed payloads (seq mod 64), so the writer is fast.
-                let m = &msgs[(seq % 64) as usize];
-                p.send(m).unwrap();
+                p.send(&msgs[(seq % 64) as usize]).unwrap();
+                seq += 1;
             }
             done.store(true, Ordering::Release);
+            seq
+        })
+    };
+    let stopper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1000));
+            stop.store(true, Ordering::Relaxed);
         })
     };
     let mut c = Consumer::reader(&topic).unwrap();
@@ -258,7 +269,8 @@ fn a_torn_record_is_never_delivered_in_a_batch() {
             break;
         }
     }
-    writer.join().unwrap();
+    let total = writer.join().unwrap();
+    stopper.join().unwrap();
     assert_eq!(c.position(0), Some(total));
     assert_eq!(read + missed, total, "read {read}, missed {missed}");
     assert_eq!(c.missed(), missed);
