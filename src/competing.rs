@@ -29,7 +29,7 @@ use crate::os;
 use crate::ring::{self, ReadOutcome, RecordBuf};
 use crate::sync::Ordering;
 use crate::topic::Topic;
-use crate::wait::{WaitStrategy, Waiter};
+use crate::wait::{Pacer, WaitStrategy, Waiter};
 
 /// Largest batch an adopted range is trusted to span (a scribbled `work_hi`
 /// cannot make a peer replay the whole ring forever).
@@ -74,6 +74,8 @@ pub struct CompetingConsumer {
     last_scan_ns: u64,
     buf: RecordBuf,
     strategy: WaitStrategy,
+    /// The adaptive wait's memory (gap between records, spin credit).
+    pacer: Pacer,
     missed: u64,
     corrupt: u64,
     adopted_records: u64,
@@ -146,6 +148,7 @@ impl CompetingConsumer {
             last_scan_ns: 0,
             buf: RecordBuf::default(),
             strategy: WaitStrategy::default(),
+            pacer: Pacer::default(),
             missed: 0,
             corrupt: 0,
             adopted_records: 0,
@@ -423,10 +426,15 @@ impl CompetingConsumer {
     /// As [`CompetingConsumer::poll`].
     pub fn poll_timeout(&mut self, max: usize, timeout: Duration) -> Result<Polled> {
         let deadline = Deadline::after(timeout);
-        let mut waiter = Waiter::new(self.strategy);
+        let mut waiter = Waiter::new(self.strategy, self.pacer);
         loop {
             let got = self.poll(max)?;
-            if !got.is_empty() || deadline.passed() {
+            if !got.is_empty() {
+                self.pacer = waiter.delivered();
+                return Ok(got);
+            }
+            if deadline.passed() {
+                self.pacer = waiter.gave_up();
                 return Ok(got);
             }
             let inner = self.m.topic.inner.clone();

@@ -12,7 +12,7 @@ use crate::os;
 use crate::ring::{self, ReadOutcome, RecordBuf};
 use crate::sync::Ordering;
 use crate::topic::Topic;
-use crate::wait::{WaitStrategy, Waiter};
+use crate::wait::{Pacer, WaitCounters, WaitStrategy, Waiter};
 
 /// Where to position a consumer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +209,8 @@ pub struct Consumer {
     pub(crate) growth: Growth,
     /// The partition count the assignment reflects.
     pub(crate) seen: u32,
+    /// The adaptive wait's memory (gap between records, spin credit).
+    pub(crate) pacer: Pacer,
 }
 
 /// How a [`Consumer`] reacts to partitions added to its topic.
@@ -325,6 +327,7 @@ impl Consumer {
             last_touch_ns: 0,
             growth: Growth::Off,
             seen: 0,
+            pacer: Pacer::default(),
         };
         let n = topic.inner.refresh()?;
         let all: Vec<u32> = (0..n).collect();
@@ -334,10 +337,30 @@ impl Consumer {
         Ok(c)
     }
 
-    /// Set how blocking receives wait (default [`WaitStrategy::Backoff`]).
+    /// Set how blocking receives wait (default [`WaitStrategy::Backoff`],
+    /// the adaptive backoff).
     pub fn with_wait_strategy(mut self, strategy: WaitStrategy) -> Self {
         self.strategy = strategy;
         self
+    }
+
+    /// `(seq_hits, cursor_loads)` summed over the assigned partitions: how
+    /// often "anything new?" was answered by the sequence word of the slot
+    /// a caught-up reader watches, and how often the shared write cursor was
+    /// loaded for it (`ring::CursorCache::loads`). For tests and benches.
+    #[doc(hidden)]
+    pub fn read_loads(&self) -> (u64, u64) {
+        self.cursors.iter().fold((0, 0), |(a, b), c| {
+            let (x, y) = c.cache.loads();
+            (a.saturating_add(x), b.saturating_add(y))
+        })
+    }
+
+    /// What this consumer's blocking receives did while waiting (spins,
+    /// yields, parks of the adaptive backoff). For tests and benches.
+    #[doc(hidden)]
+    pub fn wait_counters(&self) -> WaitCounters {
+        self.pacer.counters
     }
 
     /// The group name.
@@ -569,6 +592,9 @@ impl Consumer {
                     }
                     ReadOutcome::NotYet => break,
                     ReadOutcome::Lapped { missed, resume } => {
+                        let (missed, resume) =
+                            c.cache
+                                .after_lap(part.header(), &slots, c.next, missed, resume);
                         self.missed = self.missed.saturating_add(missed);
                         c.next = resume;
                     }
@@ -617,6 +643,9 @@ impl Consumer {
                     }
                     ReadOutcome::NotYet => break,
                     ReadOutcome::Lapped { missed, resume } => {
+                        let (missed, resume) =
+                            c.cache
+                                .after_lap(part.header(), &slots, c.next, missed, resume);
                         self.missed = self.missed.saturating_add(missed);
                         out.lagged.push(Lagged {
                             partition: c.partition,
@@ -652,13 +681,15 @@ impl Consumer {
     /// [`Error::LeaseExpired`].
     pub fn poll_timeout(&mut self, max: usize, timeout: Duration) -> Result<Polled> {
         let deadline = Deadline::after(timeout);
-        let mut waiter = Waiter::new(self.strategy);
+        let mut waiter = Waiter::new(self.strategy, self.pacer);
         loop {
             let got = self.poll(max)?;
-            if !got.is_empty()
-                || deadline.passed()
-                || (self.growth == Growth::Notify && self.grew())
-            {
+            if !got.is_empty() {
+                self.pacer = waiter.delivered();
+                return Ok(got);
+            }
+            if deadline.passed() || (self.growth == Growth::Notify && self.grew()) {
+                self.pacer = waiter.gave_up();
                 return Ok(got);
             }
             self.wait_once(&mut waiter, deadline);
@@ -682,13 +713,15 @@ impl Consumer {
     }
 
     fn recv_until(&mut self, deadline: Deadline) -> Result<Record> {
-        let mut waiter = Waiter::new(self.strategy);
+        let mut waiter = Waiter::new(self.strategy, self.pacer);
         loop {
             let mut got = self.poll(1)?;
             if let Some(r) = got.records.pop() {
+                self.pacer = waiter.delivered();
                 return Ok(r);
             }
             if deadline.passed() {
+                self.pacer = waiter.gave_up();
                 return Err(Error::Timeout);
             }
             self.wait_once(&mut waiter, deadline);
@@ -706,12 +739,14 @@ impl Consumer {
         timeout: Option<Duration>,
     ) -> Result<Delivered> {
         let deadline = Deadline::from_timeout(timeout);
-        let mut waiter = Waiter::new(self.strategy);
+        let mut waiter = Waiter::new(self.strategy, self.pacer);
         loop {
             if let Some(d) = self.poll_into(buf)? {
+                self.pacer = waiter.delivered();
                 return Ok(d);
             }
             if deadline.passed() {
+                self.pacer = waiter.gave_up();
                 return Err(Error::Timeout);
             }
             self.wait_once(&mut waiter, deadline);

@@ -75,7 +75,7 @@ impl Consumer {
         mut keep: impl FnMut(&RecordView<'_>) -> bool,
     ) -> Result<Polled> {
         let deadline = Deadline::after(timeout);
-        let mut waiter = Waiter::new(self.strategy);
+        let mut waiter = Waiter::new(self.strategy, self.pacer);
         let mut skipped = 0u64;
         loop {
             let mut got = self.poll_filtered(max, &mut keep)?;
@@ -86,6 +86,11 @@ impl Consumer {
                 || deadline.passed()
             {
                 got.filtered = skipped;
+                self.pacer = if got.records.is_empty() {
+                    waiter.gave_up()
+                } else {
+                    waiter.delivered()
+                };
                 return Ok(got);
             }
             if got.filtered == 0 {

@@ -810,6 +810,17 @@ impl GroupConsumer {
         self.consumer.poll(max)
     }
 
+    /// Heartbeat / rebalance if due, then read up to `max` records from the
+    /// claimed partitions into `batch` without waiting, as
+    /// [`Consumer::poll_into_batch`]; returns how many.
+    ///
+    /// # Errors
+    /// As [`GroupConsumer::poll`].
+    pub fn poll_into_batch(&mut self, batch: &mut crate::RecordBatch, max: usize) -> Result<usize> {
+        self.maintain()?;
+        self.consumer.poll_into_batch(batch, max)
+    }
+
     /// Like [`GroupConsumer::poll`], waiting up to `timeout` for a record
     /// (and keeping up heartbeats and rebalances while it waits). A timeout
     /// too large to represent as an instant (e.g. `Duration::MAX`) waits

@@ -261,3 +261,13 @@ pub use zero_copy::{Loan, RecordView, Viewed};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(not(loom))]
+mod batch;
+#[cfg(not(loom))]
+pub use batch::RecordBatch;
+#[cfg(not(loom))]
+pub use wait::Adaptive;
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub use wait::{Pacer, WaitCounters};

@@ -31,9 +31,12 @@
 //!    (a Dekker pair with a parking reader), so a waiter is never missed and
 //!    nobody parked means no syscall.
 //!
-//! Reader, for offset `o` (see [`read`]; consumers first ask their cached copy
-//! of the cursor whether `o` can be published yet, so a caught-up reader
-//! polls the cursor line rather than the slot being claimed): load `seq`
+//! Reader, for offset `o` (see [`read`]; consumers first ask their
+//! [`CursorCache`] whether `o` can be published yet: below the cached cursor
+//! it can, so a reader that is behind loads the cursor once per run of
+//! records; a caught-up reader watches the sequence word of the slot it will
+//! read next, which shares a line with the record's header and first 40 body
+//! bytes, and loads the cursor only now and then): load `seq`
 //! with `Acquire` (pairs
 //! with step 4). `2o + 2`: copy the body out, `fence(Acquire)` (pairs with
 //! step 2), re-load `seq`; unchanged → the record; changed → lapped. Smaller
@@ -169,7 +172,11 @@ pub fn read<S: SlotMemory + ?Sized>(
     }
 }
 
-fn lapped<S: SlotMemory + ?Sized>(hdr: &PartitionHeader, mem: &S, offset: u64) -> ReadOutcome {
+/// What a reader of `offset` that found its slot overwritten (a newer
+/// sequence word, or a copy torn by a new write) has lost: `Lapped` with the
+/// exact count and where to resume, judged by the validated cursor, or
+/// `NotYet` when the cursor gives no sign the writer got past `offset`.
+pub fn lapped<S: SlotMemory + ?Sized>(hdr: &PartitionHeader, mem: &S, offset: u64) -> ReadOutcome {
     // SYNC POINT "cursor": offsets below `cursor` are published, so the
     // oldest that can still be in the ring is `cursor - slots`. If the writer
     // is already overwriting that one too, the next read laps again and
@@ -534,7 +541,27 @@ pub struct CursorCache {
     /// Wild cursors seen and not yet taken by [`CursorCache::take_damage`].
     damage: u64,
     stuck: Stuck,
+    /// Consecutive `may_read` calls the watched slot said "not yet".
+    idle: u32,
+    /// `may_read` answers that came from the watched slot's sequence word
+    /// (a record found without loading the cursor). Statistics for tests.
+    seq_hits: u64,
+    /// Loads of the shared cursor by `may_read`. Statistics for tests.
+    cursor_loads: u64,
+    /// Where the last lap sent this reader (see [`CursorCache::after_lap`]).
+    lap_resume: Option<u64>,
 }
+
+/// A caught-up reader that finds the slot it watches unpublished loads the
+/// write cursor on every this-many-th look in a row (see
+/// [`CursorCache::may_read`]): often enough that a slot stuck below the
+/// cursor is noticed within microseconds of polling, rarely enough that a
+/// polling reader leaves the cursor line to the writer.
+#[cfg(not(loom))]
+pub const CURSOR_EVERY: u32 = 64;
+/// Under loom, every other look (a short model).
+#[cfg(loom)]
+pub const CURSOR_EVERY: u32 = 2;
 
 impl CursorCache {
     /// Whether offset `next` can have been published ("anything new?"):
@@ -543,6 +570,21 @@ impl CursorCache {
     /// slots ([`believable`]: one extra load, of the line the reader is
     /// about to read when it is caught up). A hint: the slot's sequence word
     /// decides.
+    ///
+    /// A reader that has caught up with the cached cursor watches the slot
+    /// it will read next instead of the cursor line: that slot's sequence
+    /// word, its record header and the first bytes of its body share one
+    /// 64-byte line, so the writer's publish brings the record along, and
+    /// the reader does not pull the cursor line away from the writer on
+    /// every poll. The cursor is still loaded when the slot says nothing
+    /// (every [`CURSOR_EVERY`]-th time in a row), which is what finds a
+    /// slot stuck below the cursor ([`CursorCache::skip_stuck`]); lap
+    /// detection, `earliest`/`latest` and parking go by the cursor as
+    /// before. The sequence word is only a hint here, as the cursor is:
+    /// [`read`] re-checks it and bounds every length, so a scribbled word
+    /// can make the reader look (and find `NotYet`, a lap the validated
+    /// cursor confirms, or a corrupt slot), never deliver a torn record or
+    /// count a wild lap.
     #[inline]
     pub fn may_read<S: SlotMemory + ?Sized>(
         &mut self,
@@ -553,6 +595,25 @@ impl CursorCache {
         if next < self.end {
             return true;
         }
+        if next < MAX_OFFSET {
+            // SYNC POINT "slot published": Acquire, pairs with the writer's
+            // PUBLISH store (`read` loads it again, on the same line).
+            let s = mem
+                .seq(next & mem.geometry().mask())
+                .load(Ordering::Acquire);
+            if s >= holds(next) {
+                // Published (or overwritten since: `read` reports the lap,
+                // confirmed by the validated cursor).
+                self.idle = 0;
+                self.seq_hits = self.seq_hits.wrapping_add(1);
+                return true;
+            }
+            self.idle = self.idle.wrapping_add(1);
+            if self.idle % CURSOR_EVERY != 0 {
+                return false;
+            }
+        }
+        self.cursor_loads = self.cursor_loads.wrapping_add(1);
         // SYNC POINT "cursor": Acquire, pairs with `Writer::commit`.
         let raw = latest(hdr);
         if raw <= next {
@@ -587,6 +648,78 @@ impl CursorCache {
     pub fn take_damage(&mut self) -> u64 {
         std::mem::take(&mut self.damage)
     }
+
+    /// Load the shared cursor once (at the start of a run of records) and
+    /// cache it if it is believable and beyond what is cached, so the reader
+    /// knows how far the run goes (e.g. to prefetch within it). Returns the
+    /// cached end.
+    #[inline]
+    pub fn refresh<S: SlotMemory + ?Sized>(&mut self, hdr: &PartitionHeader, mem: &S) -> u64 {
+        self.cursor_loads = self.cursor_loads.wrapping_add(1);
+        // SYNC POINT "cursor": Acquire, pairs with `Writer::commit`.
+        let raw = latest(hdr);
+        if raw > self.end && believable(mem, raw) {
+            self.end = raw;
+        }
+        self.end
+    }
+
+    /// After a lap at `offset` that [`read`] (or [`lapped`]) reported as
+    /// `missed` offsets lost, resuming at `resume`: the `(missed, resume)` to
+    /// apply.
+    ///
+    /// A lap resumes at the oldest offset that can still be intact, which is
+    /// the slot the writer overwrites next. A reader that is lapped again
+    /// right there is chasing the writer's overwrite front: every retry
+    /// costs a cursor load while the writer moves on, and against a writer
+    /// faster than one retry it would lose every record for as long as the
+    /// writer runs. So the second lap in a row at the same place resumes a
+    /// quarter ring further ([`escape`]), counting the skipped offsets as
+    /// missed (the count stays exact), which gives the reader a quarter ring
+    /// of records to read before the writer can reach it again.
+    #[inline]
+    pub fn after_lap<S: SlotMemory + ?Sized>(
+        &mut self,
+        hdr: &PartitionHeader,
+        mem: &S,
+        offset: u64,
+        missed: u64,
+        resume: u64,
+    ) -> (u64, u64) {
+        let (mut missed, mut resume) = (missed, resume);
+        if self.lap_resume == Some(offset) {
+            let further = escape(hdr, mem, resume);
+            missed = missed.saturating_add(further - resume);
+            resume = further;
+        }
+        self.lap_resume = Some(resume);
+        (missed, resume)
+    }
+
+    /// The offsets below which this cache knows records are published (the
+    /// last believed write cursor).
+    #[inline]
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// `(seq_hits, cursor_loads)`: how many `may_read` answers came from
+    /// the watched slot's sequence word, and how many times it loaded the
+    /// shared cursor. For tests and benches.
+    pub fn loads(&self) -> (u64, u64) {
+        (self.seq_hits, self.cursor_loads)
+    }
+}
+
+/// Where a reader that keeps being lapped at `resume` (the oldest retained
+/// offset) continues instead: a quarter ring further, never beyond the
+/// validated write end ([`checked_latest`]), never below `resume`.
+pub fn escape<S: SlotMemory + ?Sized>(hdr: &PartitionHeader, mem: &S, resume: u64) -> u64 {
+    let end = checked_latest(hdr, mem);
+    resume
+        .saturating_add((mem.geometry().slots / 4).max(1))
+        .min(end)
+        .max(resume)
 }
 
 /// The offset of the oldest record a reader can still hope to read, given the

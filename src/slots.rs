@@ -176,6 +176,61 @@ impl<'a> MappedSlots<'a> {
         Some((body, bytes))
     }
 
+    /// Append slot `index`'s body (headers block + key + value bytes) to
+    /// `out`, for a batch read: `(body, bytes appended)`, or `None` (nothing
+    /// appended) if the stored lengths are out of bounds or the headers block
+    /// of the copy is malformed. The copy races the writer exactly as
+    /// [`SlotMemory::read_body`]'s does: the caller
+    /// (`crate::ring::read_with`) re-validates the sequence word afterwards
+    /// and drops the appended bytes if it changed (a torn headers block is
+    /// then a lap, not a corrupt record).
+    pub(crate) fn append_body(&self, index: u64, out: &mut Vec<u8>) -> Option<(Body, usize)> {
+        let body = self.body(index)?;
+        let len = body.len;
+        out.reserve(len);
+        let at = out.len();
+        // SAFETY: `src..src+len` is inside the slot (checked by `body`); the
+        // destination has spare capacity for `len` bytes (reserved) past its
+        // initialised `at` bytes, and is process-private, so the ranges
+        // cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(body.src, out.as_mut_ptr().add(at), len);
+            out.set_len(at + len);
+        }
+        let h = body.headers_len as usize;
+        if h > 0 && out.get(at..).and_then(headers::validate) != Some(h) {
+            out.truncate(at);
+            return None;
+        }
+        Some((body, len))
+    }
+
+    /// Hint that slot `index` (a published one) will be read soon: a read
+    /// prefetch of its first two lines (sequence word, header and body
+    /// start). Purely a performance hint.
+    #[inline]
+    pub(crate) fn prefetch_read(&self, index: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.slot(index & (self.geo.slots - 1));
+            let lines = (self.geo.stride as usize / crate::layout::LINE).min(2);
+            for l in 0..lines {
+                // SAFETY: `prefetcht0` is only a cache hint and never faults;
+                // the address is inside the slot (l * 64 < stride), which is
+                // inside the mapping.
+                unsafe {
+                    std::arch::asm!(
+                        "prefetcht0 [{0}]",
+                        in(reg) p.add(l * crate::layout::LINE),
+                        options(nostack, preserves_flags, readonly)
+                    );
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = index;
+    }
+
     /// Start an in-place write into slot `index`, which the caller has
     /// claimed (`crate::ring::Writer::claim`): store the header for a value
     /// of `len` bytes without key (`len <= slot_size`, asserted).

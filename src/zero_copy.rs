@@ -168,6 +168,9 @@ impl Consumer {
                     }
                     ReadWith::NotYet => break,
                     ReadWith::Lapped { missed, resume } => {
+                        let (missed, resume) =
+                            c.cache
+                                .after_lap(part.header(), &slots, offset, missed, resume);
                         self.missed = self.missed.saturating_add(missed);
                         c.next = resume;
                     }

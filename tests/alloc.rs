@@ -388,3 +388,31 @@ mod typed {
         per_message::<Postcard>("tl", Compression::Lz4);
     }
 }
+
+#[test]
+fn poll_into_batch_does_not_allocate() {
+    let fx = Fixture::new("pb");
+    let topic = fx.topic(Overflow::Overwrite);
+    let mut p = Producer::new(&topic).unwrap();
+    let mut c = Consumer::new(&topic, "g").unwrap();
+    c.seek(SeekPolicy::Latest).unwrap();
+    let mut batch = shmq::RecordBatch::new();
+    let a = [1u8; 64];
+    let msgs: [&[u8]; 16] = [&a; 16];
+    // Warm up: the batch's buffers grow to a full batch once.
+    p.send_batch(&msgs).unwrap();
+    assert_eq!(c.poll_into_batch(&mut batch, 16).unwrap(), 16);
+
+    let mut received = 0u64;
+    let n = allocations(|| {
+        for _ in 0..N / 16 {
+            p.send_batch(&msgs).unwrap();
+            received += c.poll_into_batch(&mut batch, 16).unwrap() as u64;
+            assert!(batch.iter().all(|r| r.value.len() == 64));
+        }
+    });
+    assert_eq!(received, N / 16 * 16);
+    assert_eq!(n, 0, "{n} allocations in {} poll_into_batch", N / 16);
+    drop((p, c, topic));
+    fx.finish();
+}

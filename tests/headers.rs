@@ -334,3 +334,44 @@ fn dead_letters_keep_their_headers() {
     drop(mgr);
     guard.finish();
 }
+
+#[test]
+fn batch_reads_carry_headers() {
+    let guard = ShmGuard::new("hdrbatch");
+    let mgr = guard.manager();
+    let topic = mgr.create("t", config(Overflow::Backpressure)).unwrap();
+    let mut p = Producer::new(&topic).unwrap();
+    let h = Headers::new().with("id", "7").with("bin", [0u8, 255]);
+    p.send_with(Some(b"k"), &h, b"with").unwrap();
+    p.send(b"plain").unwrap();
+    p.send_with(None, &h, b"no key").unwrap();
+    let mut c = Consumer::new(&topic, "g").unwrap();
+    let mut batch = shmq::RecordBatch::new();
+    assert_eq!(c.poll_into_batch(&mut batch, 10).unwrap(), 3);
+    let got: Vec<_> = batch
+        .iter()
+        .map(|r| {
+            let hs: Vec<(String, Vec<u8>)> = r
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect();
+            (r.key.map(<[u8]>::to_vec), r.value.to_vec(), hs)
+        })
+        .collect();
+    let hs = vec![
+        ("id".to_string(), b"7".to_vec()),
+        ("bin".to_string(), vec![0u8, 255]),
+    ];
+    assert_eq!(
+        got,
+        vec![
+            (Some(b"k".to_vec()), b"with".to_vec(), hs.clone()),
+            (None, b"plain".to_vec(), vec![]),
+            (None, b"no key".to_vec(), hs),
+        ]
+    );
+    drop((c, p, topic));
+    drop(mgr);
+    guard.finish();
+}

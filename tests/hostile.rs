@@ -235,6 +235,12 @@ fn wild_cursor_is_disbelieved_and_repaired() {
         let mut early = Consumer::new(&t, "early").unwrap();
         early.seek(SeekPolicy::Earliest).unwrap();
         assert_eq!(drain_to(&mut early, 5), vec![0, 1, 2, 3, 4]);
+        // It read those by the slots' sequence words; a caught-up reader
+        // looks at the cursor every CURSOR_EVERY-th idle poll, and counts
+        // the wild one then, once.
+        for _ in 0..2 * shmq::protocol::ring::CURSOR_EVERY {
+            assert!(early.poll(16).unwrap().records.is_empty());
+        }
         assert_eq!(early.corrupt(), 1);
 
         // The writer repairs the cursor at its next commit.

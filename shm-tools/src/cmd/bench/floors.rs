@@ -99,6 +99,9 @@ pub struct Stream {
     pub lost: u64,
     /// Messages that arrived damaged.
     pub corrupt: u64,
+    /// The consumer's longest time between two polls, in nanoseconds (0
+    /// where not measured).
+    pub stall_ns: u64,
 }
 
 impl Stream {
@@ -116,6 +119,7 @@ impl Stream {
             gb_per_sec: rate * size as f64 / 1e9,
             lost: field(kv, "lost")?,
             corrupt: field(kv, "corrupt")?,
+            stall_ns: field(kv, "stall_ns").unwrap_or(0),
         })
     }
 }

@@ -11,8 +11,9 @@
 //! | mode | shmq | floor |
 //! |---|---|---|
 //! | `latency` | ping-pong round trips over two topics, busy-poll and parked; async (tokio, both sides) | raw cache-line ping-pong; pipe and Unix-socket ping-pong |
-//! | `throughput` | 64 B, one producer process → one consumer process, `send` and `send_batch` | a minimal SPSC ring in shared memory |
+//! | `throughput` | 64 B, one producer process → one consumer process, `send` (overwrite topic: the records the consumer lost are counted) and `send_batch` | a minimal SPSC ring in shared memory |
 //! | `bandwidth` | 4 KiB, 64 KiB, 1 MiB; copy (`poll_into`) and zero-copy (`poll_with`) reads | single-thread `memcpy` |
+//! | `steady` | 100,000 msg/s for 2 s, 64 B, default wait strategy: one-way latency and the consumer's CPU use | (absolute targets) |
 //!
 //! and always the syscall check: `send` with no parked consumer, under a
 //! seccomp filter that kills the process at any system call.
@@ -27,12 +28,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use shmq::TopicManager;
+use shmq::{Overflow, TopicManager};
 
 use crate::cli::Format;
 use crate::error::{CliError, CliResult};
 use harness::{Cpus, Latency, Progress};
-use queue::{Read, Send, Wait};
+use queue::{How, Read, Send, Wait};
 
 /// Which experiments `shmq bench` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,6 +46,9 @@ pub enum Mode {
     Throughput,
     /// 4 KiB / 64 KiB / 1 MiB messages against memcpy.
     Bandwidth,
+    /// A steady 100,000 msg/s for 2 s with the default wait strategy:
+    /// one-way latency percentiles and the consumer's CPU use.
+    Steady,
 }
 
 /// Arguments of `shmq bench`.
@@ -207,6 +211,7 @@ fn run_child(ns: &str, role: &str, args: BenchArgs) -> CliResult {
         "shmq-consumer" => queue::consume(ns, &c),
         "nosys" => queue::nosys(ns, &c),
         "shmq-async-echo" => asynk::echo(ns, &c),
+        "shmq-steady" => queue::steady_consume(ns, &c),
         other => Err(CliError::usage(format!(
             "unknown bench child role {other:?}"
         ))),
@@ -303,7 +308,7 @@ impl<'a> Bench<'a> {
             let park = queue::latency(&self.mgr, cpus, Wait::Park, size, w, n)?;
             self.step(
                 run,
-                &format!("latency: shmq backoff (spin, yield, park), {size} B"),
+                &format!("latency: shmq default strategy (adaptive backoff), {size} B"),
             );
             let backoff = queue::latency(&self.mgr, cpus, Wait::Backoff, size, w, n)?;
             lat(f, "raw", &raw);
@@ -329,22 +334,28 @@ impl<'a> Bench<'a> {
             keep("pipe ping-pong (floor)", &pipe);
             keep("Unix socket ping-pong (floor)", &unix);
             keep("shmq parked (futex)", &park);
-            keep("shmq backoff (default strategy)", &backoff);
+            keep("shmq default strategy (adaptive backoff)", &backoff);
         }
         if self.wants(Mode::Throughput) {
             let n = self.n(10_000_000);
             let slots = 4096;
             self.step(run, "throughput: minimal SPSC ring (floor)");
             let spsc = floors::spsc_ring(&ns, cpus, slots, n)?;
-            self.step(run, "throughput: shmq send");
+            self.step(
+                run,
+                "throughput: shmq send, overwrite topic, consumer poll_into_batch",
+            );
             let (single, wakes1) = queue::stream(
                 &self.mgr,
                 cpus,
                 64,
                 slots as u64,
                 n,
-                Send::Single,
-                Read::Copy,
+                How {
+                    send: Send::Single,
+                    read: Read::Batch,
+                    overflow: Overflow::Overwrite,
+                },
             )?;
             self.step(run, "throughput: shmq send_batch(64)");
             let (batch, wakes2) = queue::stream(
@@ -353,8 +364,11 @@ impl<'a> Bench<'a> {
                 64,
                 slots as u64,
                 n,
-                Send::Batch(64),
-                Read::Copy,
+                How {
+                    send: Send::Batch(64),
+                    read: Read::Batch,
+                    overflow: Overflow::Backpressure,
+                },
             )?;
             for (k, s) in [("spsc", &spsc), ("single", &single), ("batch", &batch)] {
                 f.insert(format!("tput.{k}.msgs_per_sec"), s.msgs_per_sec);
@@ -362,6 +376,7 @@ impl<'a> Bench<'a> {
                 f.insert(format!("tput.{k}.lost"), s.lost as f64);
                 f.insert(format!("tput.{k}.corrupt"), s.corrupt as f64);
             }
+            f.insert("tput.single.stall_us".into(), single.stall_ns as f64 / 1e3);
             f.insert("tput.wake_syscalls".into(), (wakes1 + wakes2) as f64);
             f.insert("tput.sends".into(), (2 * n) as f64);
             f.insert(
@@ -384,8 +399,11 @@ impl<'a> Bench<'a> {
                     size,
                     slots,
                     count,
-                    Send::Single,
-                    Read::Copy,
+                    How {
+                        send: Send::Single,
+                        read: Read::Copy,
+                        overflow: Overflow::Backpressure,
+                    },
                 )?;
                 self.step(run, &format!("bandwidth {label}: shmq zero-copy read"));
                 let (zc, _) = queue::stream(
@@ -394,8 +412,11 @@ impl<'a> Bench<'a> {
                     size,
                     slots,
                     count,
-                    Send::Single,
-                    Read::ZeroCopy,
+                    How {
+                        send: Send::Single,
+                        read: Read::ZeroCopy,
+                        overflow: Overflow::Backpressure,
+                    },
                 )?;
                 f.insert(format!("bw.{size}.memcpy"), memcpy);
                 f.insert(format!("bw.{size}.copy"), copy.gb_per_sec);
@@ -408,6 +429,33 @@ impl<'a> Bench<'a> {
                 f.insert(format!("ratio.bw.{size}.copy"), copy.gb_per_sec / memcpy);
                 f.insert(format!("ratio.bw.{size}.zerocopy"), zc.gb_per_sec / memcpy);
             }
+        }
+        if self.wants(Mode::Steady) || self.wants(Mode::Latency) {
+            let rate = 100_000;
+            let n = self.n(2 * rate);
+            self.step(
+                run,
+                &format!("steady rate: {rate} msg/s for {n} messages, default strategy"),
+            );
+            let st = queue::steady(&self.mgr, cpus, rate, n, false)?;
+            self.step(
+                run,
+                &format!("steady rate: {rate} msg/s for {n} messages, busy-poll (floor)"),
+            );
+            let floor = queue::steady(&self.mgr, cpus, rate, n, true)?;
+            lat(f, "steady", &st.latency);
+            lat(f, "steady_busy", &floor.latency);
+            f.insert("steady_busy.cpu_percent".into(), floor.cpu_percent);
+            f.insert(
+                "ratio.steady_p99".into(),
+                st.latency.p99 / floor.latency.p99,
+            );
+            f.insert("steady.rate".into(), rate as f64);
+            f.insert("steady.messages".into(), n as f64);
+            f.insert("steady.cpu_percent".into(), st.cpu_percent);
+            f.insert("steady.lost".into(), st.lost as f64);
+            f.insert("steady.parks_per_msg".into(), st.parks_per_msg);
+            f.insert("steady.spins_per_msg".into(), st.spins_per_msg);
         }
         let n = self.n(1_000_000);
         self.step(
@@ -577,6 +625,32 @@ impl Summary {
             Some(0.5),
             None,
         );
+        for (figure, key, bound, target) in [
+            (
+                "steady 100k msg/s p99, default (ns)",
+                "lat.steady.p99",
+                10_000.0,
+                "<= 10 us",
+            ),
+            (
+                "steady 100k msg/s p99.9, default (ns)",
+                "lat.steady.p999",
+                50_000.0,
+                "<= 50 us",
+            ),
+        ] {
+            if let Some(v) = self.get(key) {
+                t.push(Target {
+                    figure,
+                    shmq: v,
+                    floor_name: "absolute bound",
+                    floor: bound,
+                    ratio: v / bound,
+                    target,
+                    pass: v <= bound,
+                });
+            }
+        }
         if let (Some(sys), Some(sends)) = (self.get("nosys.syscalls"), self.get("nosys.sends")) {
             t.push(Target {
                 figure: "syscalls per send, no parked consumer",
@@ -648,7 +722,7 @@ impl Summary {
             );
             row(
                 &mut s,
-                "shmq backoff (spin, yield, park)",
+                "shmq default strategy (adaptive)",
                 "backoff",
                 String::new(),
             );
@@ -666,11 +740,43 @@ impl Summary {
             }
             s.push('\n');
         }
+        if g("lat.steady.p50").is_some() {
+            let _ = writeln!(
+                s,
+                "STEADY RATE: {:.0} msg/s, 64 B, one-way (ns)     p50      p90      p99    p99.9      max   consumer CPU",
+                g("steady.rate").unwrap_or(f64::NAN)
+            );
+            for (name, key) in [
+                ("busy-poll, same stream (floor)", "steady_busy"),
+                ("steady rate, default strategy", "steady"),
+            ] {
+                let v = |k: &str| g(&format!("lat.{key}.{k}")).unwrap_or(f64::NAN);
+                let _ = writeln!(
+                    s,
+                    "  {:<36}{:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0}   {:.0} % of a core",
+                    name,
+                    v("p50"),
+                    v("p90"),
+                    v("p99"),
+                    v("p999"),
+                    v("max"),
+                    g(&format!("{key}.cpu_percent")).unwrap_or(f64::NAN)
+                );
+            }
+            let _ = writeln!(
+                s,
+                "  {:.0} messages, lost {:.0}; the consumer's wait per message: {:.2} parks, {:.0} spin rounds\n",
+                g("steady.messages").unwrap_or(f64::NAN),
+                g("steady.lost").unwrap_or(f64::NAN),
+                g("steady.parks_per_msg").unwrap_or(f64::NAN),
+                g("steady.spins_per_msg").unwrap_or(f64::NAN)
+            );
+        }
         if g("tput.spsc.msgs_per_sec").is_some() {
             let _ = writeln!(s, "THROUGHPUT: 64 B, producer process -> consumer process   msg/s      GB/s    lost  corrupt   ratio");
             for (name, key, ratio) in [
                 ("minimal SPSC ring (floor)", "spsc", None),
-                ("shmq send", "single", g("ratio.single")),
+                ("shmq send (overwrite topic)", "single", g("ratio.single")),
                 ("shmq send_batch(64)", "batch", g("ratio.batch")),
             ] {
                 let v = |k: &str| g(&format!("tput.{key}.{k}")).unwrap_or(f64::NAN);
@@ -684,6 +790,19 @@ impl Summary {
                     ratio.map_or(String::new(), |r| format!("{r:.2}x of SPSC"))
                 );
             }
+            let lost = g("tput.single.lost").unwrap_or(f64::NAN);
+            let _ = writeln!(
+                s,
+                "  one consumer (poll_into_batch) behind one producer's send on an overwrite topic: {}",
+                if lost == 0.0 {
+                    "kept up, 0 records lost".to_string()
+                } else {
+                    format!(
+                        "fell behind, lost {lost:.0} records (its longest pause between two polls: {:.0} us)",
+                        g("tput.single.stall_us").unwrap_or(f64::NAN)
+                    )
+                }
+            );
             let _ = writeln!(
                 s,
                 "  FUTEX_WAKE calls during {:.0} streamed sends: {:.0}\n",

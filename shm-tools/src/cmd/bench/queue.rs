@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use shmq::protocol::os::{cpu_time_ns, monotonic_ns};
 use shmq::{
-    Consumer, Overflow, Producer, RecordBuf, SeekPolicy, Topic, TopicConfig, TopicManager,
-    WaitStrategy,
+    Consumer, Overflow, Producer, RecordBatch, RecordBuf, SeekPolicy, Topic, TopicConfig,
+    TopicManager, WaitStrategy,
 };
 
 use super::floors::Stream;
@@ -39,8 +40,8 @@ pub enum Wait {
     Busy,
     /// `recv_into` with [`WaitStrategy::Park`]: sleep on the futex.
     Park,
-    /// `recv_into` with [`WaitStrategy::Backoff`] (the default): spin, then
-    /// yield, then park.
+    /// `recv_into` with [`WaitStrategy::Backoff`], the default: the adaptive
+    /// backoff (spin while a record is expected soon, then yield, then park).
     Backoff,
 }
 
@@ -170,10 +171,25 @@ pub enum Read {
     Copy,
     /// `poll_with`: look at each record in place.
     ZeroCopy,
+    /// `poll_into_batch`: copy up to 256 records per call into one buffer.
+    Batch,
+}
+
+/// How a [`stream`] sends, reads, and what its topic does when full.
+#[derive(Clone, Copy, Debug)]
+pub struct How {
+    /// How the producer sends.
+    pub send: Send,
+    /// How the consumer reads.
+    pub read: Read,
+    /// The topic's overflow policy.
+    pub overflow: Overflow,
 }
 
 /// One producer process (the parent) streams `count` messages of `size`
-/// bytes through a backpressure topic of `slots` to one consumer process.
+/// bytes through a topic of `slots` (`overflow`: a backpressure topic holds
+/// the producer back; on an overwrite topic a consumer that cannot keep up
+/// loses records, counted in [`Stream::lost`]) to one consumer process.
 /// Every message carries its sequence number in its first and last 8 bytes;
 /// the consumer checks both (and counts gaps as lost).
 pub fn stream(
@@ -182,11 +198,15 @@ pub fn stream(
     size: usize,
     slots: u64,
     count: u64,
-    send: Send,
-    read: Read,
+    how: How,
 ) -> CliResult<(Stream, u64)> {
+    let How {
+        send,
+        read,
+        overflow,
+    } = how;
     let size = size.max(16);
-    let t = topic(mgr, "stream", slots, size, Overflow::Backpressure)?;
+    let t = topic(mgr, "stream", slots, size, overflow)?;
     let commit_every = (slots / 4).max(1);
     let mut kid = Kid::spawn(
         mgr.namespace(),
@@ -203,6 +223,7 @@ pub fn stream(
             match read {
                 Read::Copy => "copy".into(),
                 Read::ZeroCopy => "zero-copy".into(),
+                Read::Batch => "batch".into(),
             },
         ],
     )?;
@@ -212,6 +233,10 @@ pub fn stream(
     let mut producer = Producer::new(&t)?;
     let wakes_before = shmq::wake_stats().calls;
     go(&mut kid)?;
+    // The consumer is polling before the first send (an overwrite topic
+    // would otherwise count its start-up as loss).
+    kid.expect("started")?;
+    let sending = Instant::now();
     match send {
         Send::Single => {
             let mut msg = vec![0u8; size];
@@ -233,12 +258,20 @@ pub fn stream(
             }
         }
     }
+    let send_secs = sending.elapsed().as_secs_f64().max(1e-9);
     let wakes = shmq::wake_stats().calls - wakes_before;
     let kv = kid.expect("result")?;
     kid.finish()?;
     drop((producer, t));
     mgr.delete("stream")?;
-    Ok((Stream::from_report(&kv, size)?, wakes))
+    let mut stream = Stream::from_report(&kv, size)?;
+    if overflow == Overflow::Overwrite {
+        // The writer never waits here: the figure is the producer's rate,
+        // and `lost` says whether the consumer kept up with it.
+        stream.msgs_per_sec = count as f64 / send_secs;
+        stream.gb_per_sec = stream.msgs_per_sec * size as f64 / 1e9;
+    }
+    Ok((stream, wakes))
 }
 
 fn tag(msg: &mut [u8], seq: u64) {
@@ -261,57 +294,247 @@ pub fn consume(ns: &str, args: &ChildArgs) -> CliResult {
     let mut c = Consumer::new(&t, GROUP)?;
     c.seek(SeekPolicy::Offset(0))?;
     let commit_every = (args.slots as u64).max(1);
-    let zero_copy = args.read.as_deref() == Some("zero-copy");
+    let read = args.read.as_deref().unwrap_or("copy");
     let mut buf = RecordBuf::default();
+    let mut batch = RecordBatch::new();
     report("ready")?;
     wait_go()?;
-    let (mut n, mut expect, mut lost, mut corrupt) = (0u64, 0u64, 0u64, 0u64);
+    report("started")?;
+    let mut tally = Tally {
+        size: args.size,
+        ..Tally::default()
+    };
     let mut t0 = None;
-    while n < args.count {
-        let seq = if zero_copy {
-            match c.poll_with(|r| (untag(r.value), r.value.len()))? {
+    let mut since_commit = 0u64;
+    let mut seen_missed = 0u64;
+    let (mut stall, mut last_poll) = (0u64, 0u64);
+    while tally.n < args.count {
+        let before = tally.n;
+        match read {
+            "zero-copy" => match c.poll_with(|r| (untag(r.value), r.value.len()))? {
                 // Overwritten during the borrow: counted in `missed`.
-                Some(v) if v.lapped => None,
-                Some(v) => Some(v.output),
-                None => {
-                    std::hint::spin_loop();
-                    continue;
+                Some(v) if v.lapped => {}
+                Some(v) => tally.check(v.output),
+                None => {}
+            },
+            "batch" => {
+                // The longest time between two polls once the stream has
+                // started: a consumer descheduled longer than the ring lasts
+                // loses records however fast it reads.
+                let now = monotonic_ns();
+                if t0.is_some() {
+                    stall = stall.max(now.saturating_sub(last_poll));
+                }
+                last_poll = now;
+                c.poll_into_batch(&mut batch, 256)?;
+                for r in batch.iter() {
+                    tally.check((untag(r.value), r.value.len()));
                 }
             }
-        } else {
-            match c.poll_into(&mut buf)? {
-                Some(_) => Some((untag(buf.value()), buf.value().len())),
-                None => {
-                    std::hint::spin_loop();
-                    continue;
+            _ => {
+                if c.poll_into(&mut buf)?.is_some() {
+                    tally.check((untag(buf.value()), buf.value().len()));
                 }
             }
-        };
+        }
+        // Offsets lost to the writer count as gone by (and lost).
+        let missed = c.missed();
+        tally.n += missed - seen_missed;
+        seen_missed = missed;
+        if tally.n == before {
+            std::hint::spin_loop();
+            continue;
+        }
         if t0.is_none() {
             t0 = Some(Instant::now());
         }
-        n += 1;
-        match seq {
-            Some((Some(seq), len)) if len == args.size => {
-                lost += seq.saturating_sub(expect);
-                expect = seq + 1;
-            }
-            Some(_) => corrupt += 1,
-            None => {}
-        }
-        if n % commit_every == 0 {
+        since_commit += tally.n - before;
+        if since_commit >= commit_every {
+            since_commit = 0;
             c.commit()?;
         }
-        if lost > 0 && expect >= args.count {
+        if tally.expect >= args.count {
             break;
         }
     }
     let secs = t0.map_or(0.0, |t| t.elapsed().as_secs_f64());
     c.commit()?;
-    lost += c.missed();
-    corrupt += c.corrupt();
+    // Sequence gaps already include what the consumer was told it missed
+    // (a lapped offset never arrives), so `missed` is not added again; it
+    // is the lost count when no record arrived after the loss.
+    let lost = tally.lost.max(c.missed());
+    let corrupt = tally.corrupt + c.corrupt();
+    let messages = tally.n.saturating_sub(c.missed());
     report(&format!(
-        "result messages={n} seconds={secs} lost={lost} corrupt={corrupt}"
+        "result messages={messages} seconds={secs} lost={lost} corrupt={corrupt} stall_ns={stall}"
+    ))
+}
+
+/// What a stream consumer received.
+#[derive(Debug, Default)]
+struct Tally {
+    size: usize,
+    n: u64,
+    expect: u64,
+    lost: u64,
+    corrupt: u64,
+}
+
+impl Tally {
+    fn check(&mut self, (seq, len): (Option<u64>, usize)) {
+        self.n += 1;
+        match seq {
+            Some(seq) if len == self.size => {
+                self.lost += seq.saturating_sub(self.expect);
+                self.expect = seq + 1;
+            }
+            _ => self.corrupt += 1,
+        }
+    }
+}
+
+/// What the steady-rate experiment measured on the consumer's side.
+#[derive(Debug)]
+pub struct Steady {
+    /// One-way latency, producer's timestamp to consumer's `recv` (ns).
+    pub latency: Latency,
+    /// The consumer's CPU time (user + system, `getrusage`) over the wall
+    /// time of the stream, in percent of one CPU.
+    pub cpu_percent: f64,
+    /// Messages the consumer never saw.
+    pub lost: u64,
+    /// Futex parks of the consumer's wait per message received.
+    pub parks_per_msg: f64,
+    /// Spin rounds of the consumer's wait per message received.
+    pub spins_per_msg: f64,
+}
+
+/// One producer process (the parent) sends `count` messages of 64 B at a
+/// steady `rate` per second (paced by the clock, not back to back) to one
+/// consumer process that waits with the default [`WaitStrategy`]: the
+/// sidecar's case. Each message carries `CLOCK_MONOTONIC` at its send, so
+/// the consumer measures one-way latency.
+///
+/// `busy`: the consumer busy-polls instead (the floor of this experiment:
+/// whatever tail remains there is the machine's, not the wait strategy's).
+pub fn steady(
+    mgr: &TopicManager,
+    cpus: Cpus,
+    rate: u64,
+    count: u64,
+    busy: bool,
+) -> CliResult<Steady> {
+    let size = 64usize;
+    let t = topic(mgr, "steady", 4096, size, Overflow::Overwrite)?;
+    let mut kid = Kid::spawn(
+        mgr.namespace(),
+        "shmq-steady",
+        cpus.child,
+        &[
+            "--count".into(),
+            count.to_string(),
+            "--size".into(),
+            size.to_string(),
+            "--wait".into(),
+            if busy { "busy" } else { "default" }.into(),
+        ],
+    )?;
+    kid.expect("ready")?;
+    let mut producer = Producer::new(&t)?;
+    go(&mut kid)?;
+    kid.expect("started")?;
+    let gap = 1_000_000_000 / rate.max(1);
+    let mut msg = vec![0u8; size];
+    let t0 = monotonic_ns();
+    for i in 0..count {
+        let due = t0 + i * gap;
+        while monotonic_ns() < due {
+            std::hint::spin_loop();
+        }
+        msg[8..16].copy_from_slice(&i.to_le_bytes());
+        msg[..8].copy_from_slice(&monotonic_ns().to_le_bytes());
+        producer.send(&msg)?;
+    }
+    let kv = kid.expect("result")?;
+    kid.finish()?;
+    drop((producer, t));
+    mgr.delete("steady")?;
+    let n: f64 = field::<u64>(&kv, "messages")?.max(1) as f64;
+    Ok(Steady {
+        latency: Latency {
+            samples: field(&kv, "samples")?,
+            p50: field(&kv, "p50")?,
+            p90: field(&kv, "p90")?,
+            p99: field(&kv, "p99")?,
+            p999: field(&kv, "p999")?,
+            max: field(&kv, "max")?,
+            curve: Vec::new(),
+        },
+        cpu_percent: field(&kv, "cpu")?,
+        lost: field(&kv, "lost")?,
+        parks_per_msg: field::<u64>(&kv, "parks")? as f64 / n,
+        spins_per_msg: field::<u64>(&kv, "spins")? as f64 / n,
+    })
+}
+
+/// Child side of [`steady`].
+pub fn steady_consume(ns: &str, args: &ChildArgs) -> CliResult {
+    let mgr = TopicManager::with_namespace(ns)?;
+    let t = mgr.open("steady")?;
+    let strategy = match args.wait.as_deref() {
+        Some("busy") => WaitStrategy::BusySpin,
+        _ => WaitStrategy::default(),
+    };
+    let mut c = Consumer::new(&t, GROUP)?.with_wait_strategy(strategy);
+    c.seek(SeekPolicy::Latest)?;
+    let mut buf = RecordBuf::default();
+    report("ready")?;
+    wait_go()?;
+    report("started")?;
+    let warmup = args.count / 100;
+    let mut samples = Vec::with_capacity(args.count as usize);
+    let (mut n, mut expect, mut lost) = (0u64, 0u64, 0u64);
+    let (cpu0, wall0) = (cpu_time_ns(), monotonic_ns());
+    while expect < args.count {
+        match c.recv_into(&mut buf, Some(Duration::from_secs(10))) {
+            Ok(_) => {}
+            Err(shmq::Error::Timeout) => break,
+            Err(e) => return Err(e.into()),
+        }
+        let now = monotonic_ns();
+        let v = buf.value();
+        let (Some(sent), Some(seq)) = (
+            v.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes),
+            v.get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes),
+        ) else {
+            return Err(CliError::failed("steady: malformed message"));
+        };
+        n += 1;
+        lost += seq.saturating_sub(expect);
+        expect = seq + 1;
+        if seq >= warmup {
+            samples.push(now.saturating_sub(sent));
+        }
+    }
+    let (cpu1, wall1) = (cpu_time_ns(), monotonic_ns());
+    let cpu = (cpu1 - cpu0) as f64 * 100.0 / (wall1 - wall0).max(1) as f64;
+    let l = Latency::from_samples(&mut samples);
+    let w = c.wait_counters();
+    report(&format!(
+        "result messages={n} samples={} p50={} p90={} p99={} p999={} max={} cpu={cpu:.1} lost={} parks={} spins={}",
+        l.samples,
+        l.p50,
+        l.p90,
+        l.p99,
+        l.p999,
+        l.max,
+        lost + c.missed(),
+        w.parks,
+        w.spins
     ))
 }
 
