@@ -155,6 +155,9 @@ impl Producer {
             return Err(inner.expired());
         }
         let n = inner.refresh()?;
+        // Register for membarrier (or settle on the fence fallback) before
+        // the first write relies on the cheap side of the barrier.
+        os::barrier_mode();
         let me = inner.token.id();
         let ns = inner.ns.clone();
         let mut owned: Vec<Owned> = Vec::new();

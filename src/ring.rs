@@ -42,7 +42,7 @@
 //! intact. A torn record is never returned.
 
 use crate::layout::{Geometry, PartitionHeader, RECLAIMED};
-use crate::sync::{fence, spin_hint, AtomicU64, Ordering, PUBLISH};
+use crate::sync::{fence, heavy_barrier, light_barrier, spin_hint, AtomicU64, Ordering, PUBLISH};
 
 /// Where a ring's slots live.
 ///
@@ -331,19 +331,41 @@ impl Writer {
 
     /// Publish the cursor after one or more [`Writer::write_slot`]s. Returns
     /// whether any reader is parked (the caller then wakes it).
+    ///
+    /// No locked instruction: the cursor is a plain `Release` store, and the
+    /// Dekker pair with a parking reader (cursor store, then `waiters` load
+    /// here; `waiters` bump, then cursor load in [`park_barrier`]'s caller)
+    /// is ordered by the asymmetric barrier: a compiler fence here
+    /// (`sync::light_barrier`), `membarrier` on the rare parking side. So a
+    /// waiter is never missed and nobody parked means no syscall.
+    ///
+    /// A plain store also repairs a cursor a peer scribbled (it is simply
+    /// overwritten). The one cost: a fenced predecessor whose late write
+    /// landed whole (see [`Writer::resume`]) may store its older cursor
+    /// after ours, so the cursor can step back until our next commit. A
+    /// lower cursor is still sound (every offset below it is published);
+    /// readers cache the highest cursor they saw and never go back.
     #[inline]
     pub fn commit(&self, hdr: &PartitionHeader) -> bool {
-        // SYNC POINT "cursor": pairs with Acquire loads of the cursor; SeqCst
-        // so it is totally ordered with a parking reader's `waiters` bump.
-        let prev = hdr.cursor.fetch_max(self.next, Ordering::SeqCst);
-        if prev > self.next.saturating_add(self.slots) {
-            // A cursor more than a ring beyond our own next offset cannot be
-            // ours or a fenced predecessor's: a peer scribbled it. Put it
-            // back (a CAS, so a concurrent legitimate raise is not undone).
-            cold_repair(hdr, prev, self.next);
-        }
-        hdr.waiters.load(Ordering::SeqCst) != 0
+        // SYNC POINT "cursor": pairs with Acquire loads of the cursor.
+        hdr.cursor.store(self.next, Ordering::Release);
+        // SYNC POINT "park" (hot side): see `park_barrier`.
+        light_barrier();
+        hdr.waiters.load(Ordering::Relaxed) != 0
     }
+}
+
+/// The parking side of the no-lost-wake-up handshake: call after announcing
+/// this reader in the `waiters` word of every partition it waits on (a SeqCst
+/// RMW) and before re-checking their cursors. It is the heavy side of the
+/// asymmetric barrier (`membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, or a
+/// SeqCst fence where that is unavailable): after it, either the re-check
+/// sees a writer's cursor store, or that writer's `waiters` load in
+/// [`Writer::commit`] sees this reader's announcement and it wakes the
+/// futex. `loom-tests/tests/parking.rs` models it.
+#[inline]
+pub fn park_barrier() {
+    heavy_barrier();
 }
 
 /// The highest offset `Writer::resume` starts from (keeps `2o + 2` and
