@@ -20,6 +20,8 @@ MUTANTS=(
     "loom_mutant:ring:mutant_relaxed_publish_is_caught"
     "loom_mutant_fence:ring:mutant_missing_read_fence_is_caught"
     "loom_mutant_membarrier:parking:mutant_missing_park_barrier_is_caught"
+    "loom_mutant_membarrier:claim:mutant_missing_takeover_barrier_is_caught"
+    "loom_mutant_claim:claim:mutant_missing_claim_barrier_is_caught"
 )
 
 summary=$(mktemp)

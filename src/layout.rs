@@ -33,6 +33,9 @@
 //!  0x100 +---------------+---------------+-----------------------------------------------+
 //!        | full_events   | takeovers     | (pad)                                         |  COUNTERS
 //!  0x140 +---------------+---------------+-----------------------------------------------+
+//!        | claim (atomic)| (pad)                                                         |  CLAIM (writers
+//!        | epoch<<32|end |                                                               |  only, v3)
+//!  0x180 +---------------+---------------------------------------------------------------+
 //!        | (reserved to 0x200)                                                           |
 //!  0x200 +===============================================================================+
 //!        | slot 0  (stride bytes, a multiple of 64)                                      |
@@ -119,7 +122,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMQRING"` read as a little-endian `u64`; marks a fully initialised region.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQRING");
 /// Version of this layout. Bump it on any change to a struct in this file.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Region kind stored in the identity line.
 pub const KIND_PARTITION: u32 = 1;
@@ -213,6 +216,16 @@ pub struct PartitionHeader {
     /// Times the writer lease was taken over from a dead writer.
     pub takeovers: AtomicU64,
     _pad4: [u64; 6],
+    // ---- CLAIM (0x140, writers only) ----
+    /// The writer's reservation: `epoch << 32 | end`, the low 32 bits of the
+    /// offset (exclusive) up to which the writer of that lease epoch may
+    /// write slots without another check. Stored (plainly) by the writer
+    /// before it checks its lease for a record or a batch; loaded by a new
+    /// writer after it took the lease over, which leaves the reserved
+    /// offsets to its predecessor until they are published. See
+    /// `ring::Writer::reserve`.
+    pub claim: AtomicU64,
+    _pad5: [u64; 7],
 }
 
 /// Identity and control lines of a topic's meta region.
@@ -430,7 +443,8 @@ mod asserts {
     use super::*;
     use core::mem::{align_of, offset_of, size_of};
 
-    const _: () = assert!(size_of::<PartitionHeader>() == 0x140);
+    const _: () = assert!(size_of::<PartitionHeader>() == 0x180);
+    const _: () = assert!(offset_of!(PartitionHeader, claim) == 0x140);
     const _: () = assert!(size_of::<PartitionHeader>() <= PARTITION_HEADER);
     const _: () = assert!(offset_of!(PartitionHeader, magic) == 0x00);
     const _: () = assert!(offset_of!(PartitionHeader, version) == 0x08);
@@ -515,6 +529,8 @@ impl PartitionHeader {
             full_events: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
             _pad4: [0; 6],
+            claim: AtomicU64::new(0),
+            _pad5: [0; 7],
         }
     }
 }

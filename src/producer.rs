@@ -460,8 +460,10 @@ impl Producer {
         let part = inner.partition(o.partition)?;
         let hdr = part.header();
         let slots = part.slots();
+        // One reservation (and lease check) for the whole batch, up to a
+        // ring; `Writer::claim` reserves again if the batch is longer.
         o.writer
-            .check(hdr, &slots)
+            .reserve(hdr, values.len() as u64)
             .map_err(|e| inner.write_error(o.partition, e))?;
         let first_offset = o.writer.next_offset();
         let now = os::realtime_ns();

@@ -36,6 +36,7 @@ pub(crate) fn fence(order: Ordering) {
 
 /// Hint to the CPU that we are spinning (a `pause` on x86).
 #[inline]
+#[cfg_attr(loom, allow(dead_code))] // only the mapped-memory wait paths use it
 pub(crate) fn spin_hint() {
     #[cfg(not(loom))]
     std::hint::spin_loop();

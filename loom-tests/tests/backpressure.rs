@@ -64,7 +64,7 @@ fn model(check_limit: bool) {
         let s = s.clone();
         thread::spawn(move || consumer(&s))
     };
-    let mut w = Writer::resume(&s.ring.hdr, &s.ring.mem, 1, thread::yield_now);
+    let mut w = loom_tests::owned_writer(&s.ring, 1);
     for o in 0..RECORDS {
         if check_limit {
             // The producer's rule: wait while the next offset reaches the limit.

@@ -50,7 +50,7 @@ fn cursor_model() {
             sample(&r, &mut buf, first);
         })
     };
-    let mut w = Writer::resume(&r.hdr, &r.mem, 1, thread::yield_now);
+    let mut w = loom_tests::owned_writer(&r, 1);
     let send = |w: &mut Writer, o: u64| {
         let v = value(o);
         assert_eq!(w.write_slot(&r.hdr, &r.mem, v, None, &record(v)), Ok(o));

@@ -85,7 +85,7 @@ fn renew_vs_delete() {
     let writer = {
         let r = r.clone();
         thread::spawn(move || {
-            let w = Writer::resume(&r.hdr, &r.mem, 0, thread::yield_now);
+            let w = loom_tests::owned_writer(&r, 0);
             let seen = lease::is_reclaimed(&r.hdr.lease);
             (seen, w.check(&r.hdr, &r.mem))
         })

@@ -44,7 +44,7 @@ use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 use loom_tests::{check, decode, record, Ring, VIOLATION};
-use shmq::protocol::ring::{self, ReadOutcome, RecordBuf, Writer};
+use shmq::protocol::ring::{self, ReadOutcome, RecordBuf};
 
 fn value(offset: u64) -> u64 {
     300 + offset
@@ -140,7 +140,7 @@ fn parking_model() {
         })
         .collect();
 
-    let mut w = Writer::resume(&r.hdr, &r.mem, 1, thread::yield_now);
+    let mut w = loom_tests::owned_writer(&r, 1);
     let mut saw_waiter = false;
     for o in 0..2 {
         let v = value(o);

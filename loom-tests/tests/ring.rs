@@ -89,7 +89,7 @@ fn reader(r: &Ring, start: u64, total: u64, until: Until) -> Seen {
 fn ring_model(total: u64, prefix: u64, second: bool) -> impl Fn() + Sync + Send + 'static {
     move || {
         let r = Arc::new(Ring::new(2));
-        let mut w = Writer::resume(&r.hdr, &r.mem, 1, thread::yield_now);
+        let mut w = loom_tests::owned_writer(&r, 1);
         let publish = |w: &mut Writer, o: u64| {
             let v = value(o);
             let got = w.write_slot(&r.hdr, &r.mem, v, None, &record(v));
