@@ -36,6 +36,41 @@ impl Overflow {
     }
 }
 
+/// Which clock stamps each record's `timestamp` (see
+/// [`TopicConfig::timestamp`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Timestamp {
+    /// `CLOCK_REALTIME` (vDSO, no syscall): nanosecond Unix time, about 20 ns
+    /// per send on the bench machine. The default: a record's timestamp is
+    /// exact, which end-to-end latency figures (`shmq demo`, `shmq consume`)
+    /// and time-based tooling rely on.
+    #[default]
+    Realtime,
+    /// `CLOCK_REALTIME_COARSE` (vDSO, no TSC read): Unix time at the
+    /// resolution of the kernel tick (1–4 ms), about 5 ns per send.
+    Coarse,
+    /// No clock read: every record's timestamp is 0.
+    None,
+}
+
+impl Timestamp {
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Timestamp::Realtime => layout::TIMESTAMP_REALTIME,
+            Timestamp::Coarse => layout::TIMESTAMP_COARSE,
+            Timestamp::None => layout::TIMESTAMP_NONE,
+        }
+    }
+    pub(crate) fn from_code(code: u32) -> Option<Timestamp> {
+        match code {
+            layout::TIMESTAMP_REALTIME => Some(Timestamp::Realtime),
+            layout::TIMESTAMP_COARSE => Some(Timestamp::Coarse),
+            layout::TIMESTAMP_NONE => Some(Timestamp::None),
+            _ => None,
+        }
+    }
+}
+
 /// Configuration of a topic, fixed at creation and stored in its meta region
 /// so that any process can open the topic by name alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +109,8 @@ pub struct TopicConfig {
     /// reserves a 64-byte line per possible partition in every consumer
     /// group. Default 64.
     pub max_partitions: u32,
+    /// Which clock stamps each record. Default [`Timestamp::Realtime`].
+    pub timestamp: Timestamp,
 }
 
 impl Default for TopicConfig {
@@ -90,6 +127,7 @@ impl Default for TopicConfig {
             max_groups: GROUP_CAPACITY,
             max_members: MEMBER_CAPACITY,
             max_partitions: DEFAULT_MAX_PARTITIONS,
+            timestamp: Timestamp::Realtime,
         }
     }
 }
@@ -152,6 +190,12 @@ impl TopicConfig {
     /// Set how many partitions the topic may grow to.
     pub fn max_partitions(mut self, n: u32) -> Self {
         self.max_partitions = n;
+        self
+    }
+
+    /// Choose the clock that stamps each record ([`Timestamp`]).
+    pub fn timestamp(mut self, t: Timestamp) -> Self {
+        self.timestamp = t;
         self
     }
 
@@ -329,6 +373,11 @@ pub(crate) fn differences(asked: &TopicConfig, existing: &TopicConfig) -> Vec<Co
         "dead_group_timeout",
         format!("{} ms", ms(asked.dead_group_timeout)),
         format!("{} ms", ms(existing.dead_group_timeout)),
+    );
+    diff(
+        "timestamp",
+        format!("{:?}", asked.timestamp),
+        format!("{:?}", existing.timestamp),
     );
     out
 }

@@ -63,7 +63,8 @@
 //!        | retention_ns | mode | group_cap | member_cap | dead_group_ms                  |
 //!  0x040 +-------------------------------------------------------------------------------+
 //!        | expiry (atomic) | ttl_ns | created_ns | region_len | notify (u32 futex) |      |  CONTROL
-//!        | group_retention_ms (u32, 0 = never) | pad                                     |
+//!        | group_retention_ms (u32, 0 = never) | timestamp (u32: 0 realtime, 1 coarse,     |
+//!        | 2 none) | pad                                                                 |
 //!  0x080 +-------+-------+---------------+-----------------------------------------------+
 //!        |count  |max_   | grow (atomic) | (pad)                                         |  GROWTH
 //!        |u32 atm|parts  | target<<32 |  |                                               |  read per poll,
@@ -140,6 +141,13 @@ pub const LINE: usize = 64;
 
 /// `expiry` value meaning "the supervisor reclaimed this region".
 pub const RECLAIMED: u64 = u64::MAX;
+
+/// `MetaHeader::timestamp`: records stamped with `CLOCK_REALTIME`.
+pub const TIMESTAMP_REALTIME: u32 = 0;
+/// `MetaHeader::timestamp`: records stamped with `CLOCK_REALTIME_COARSE`.
+pub const TIMESTAMP_COARSE: u32 = 1;
+/// `MetaHeader::timestamp`: records stamped 0 (no clock read).
+pub const TIMESTAMP_NONE: u32 = 2;
 
 /// Bit set in a slot's `key_len` word when the record carries a key.
 pub const HAS_KEY: u32 = 1 << 31;
@@ -271,7 +279,12 @@ pub struct MetaHeader {
     /// How long a consumer group with no live member and no sign of life is
     /// kept before it is freed, in milliseconds; `0` = never.
     pub group_retention_ms: u32,
-    _pad1: [u64; 3],
+    /// Which clock stamps records: [`TIMESTAMP_REALTIME`] (0, also what a
+    /// zeroed field means), [`TIMESTAMP_COARSE`] or [`TIMESTAMP_NONE`].
+    /// Written once by the creator.
+    pub timestamp: u32,
+    _pad1a: u32,
+    _pad1: [u64; 2],
     // ---- GROWTH (0x080) ----
     /// Partitions published: `p0 .. p<count-1>` exist and are initialised.
     /// Only grows, by CAS `n -> n + 1` (Release) once region `p<n>` is
@@ -482,6 +495,7 @@ mod asserts {
     const _: () = assert!(offset_of!(GroupPartition, dead_lettered) == 0x20);
     const _: () = assert!(offset_of!(GroupPartition, start) == 0x28);
     const _: () = assert!(offset_of!(MetaHeader, group_retention_ms) == 0x64);
+    const _: () = assert!(offset_of!(MetaHeader, timestamp) == 0x68);
     const _: () = assert!(offset_of!(GroupHeader, name) == 0x10);
     const _: () = assert!(size_of::<MemberEntry>() == LINE);
     const _: () = assert!(size_of::<GroupPartition>() == LINE);
@@ -612,7 +626,9 @@ impl MetaHeader {
             created_ns: now_ns,
             notify: AtomicU32::new(0),
             group_retention_ms: 0,
-            _pad1: [0; 3],
+            timestamp: TIMESTAMP_REALTIME,
+            _pad1a: 0,
+            _pad1: [0; 2],
             partition_count: AtomicU32::new(partitions),
             max_partitions,
             grow: AtomicU64::new(0),
@@ -632,6 +648,12 @@ impl MetaHeader {
         self.group_retention_ms = retention_ms;
         self.region_len =
             (META_HEADER + group_cap as usize * group_size(part_lines as u32, member_cap)) as u64;
+        self
+    }
+
+    /// Set the clock records are stamped with (`TIMESTAMP_*`).
+    pub fn with_timestamp(mut self, code: u32) -> Self {
+        self.timestamp = code;
         self
     }
 }

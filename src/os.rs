@@ -807,7 +807,7 @@ impl BarrierMode {
 }
 
 /// 0 = not decided yet, 1 = membarrier registered, 2 = fence.
-static BARRIER: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static BARRIER: AtomicU32 = AtomicU32::new(0);
 
 /// Whether this process is registered for `MEMBARRIER_CMD_GLOBAL_EXPEDITED`,
 /// so its writers may use a compiler fence as the hot side of the barrier
@@ -815,13 +815,20 @@ static BARRIER: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0
 /// [`barrier_mode`] has run.
 #[inline]
 pub fn membarrier_registered() -> bool {
-    BARRIER.load(std::sync::atomic::Ordering::Relaxed) == 1
+    BARRIER.load(crate::sync::Ordering::Relaxed) == 1
 }
 
 fn membarrier(cmd: libc::c_int) -> libc::c_long {
     // SAFETY: membarrier(2) takes integers only (cmd, flags = 0, cpu_id = 0)
     // and touches no memory of ours.
-    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_uint, 0 as libc::c_int) }
+    unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            cmd,
+            0 as libc::c_uint,
+            0 as libc::c_int,
+        )
+    }
 }
 
 /// Decide this process's barrier mode, once: if the kernel supports
@@ -836,7 +843,7 @@ fn membarrier(cmd: libc::c_int) -> libc::c_long {
 /// waits for an RCU grace period (about 14 ms measured on the bench
 /// machine), so neither fits a reader parking on another process's writer.
 pub fn barrier_mode() -> BarrierMode {
-    use std::sync::atomic::Ordering as O;
+    use crate::sync::Ordering as O;
     match BARRIER.load(O::Acquire) {
         1 => return BarrierMode::Membarrier,
         2 => return BarrierMode::SeqCstFence,
@@ -869,8 +876,9 @@ pub fn barrier_mode() -> BarrierMode {
 /// process that could register when this one could not: see
 /// `crate::wait::park`, which bounds its sleep in that mode).
 pub fn heavy_barrier() {
-    if barrier_mode() == BarrierMode::Membarrier && membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0 {
+    if barrier_mode() == BarrierMode::Membarrier && membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0
+    {
         return;
     }
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    crate::sync::fence(crate::sync::Ordering::SeqCst);
 }

@@ -117,6 +117,8 @@ pub struct Producer {
     pub(crate) slot_size: usize,
     pub(crate) backpressure: bool,
     pub(crate) send_timeout: Option<Duration>,
+    /// The topic's record clock (`TopicConfig::timestamp`).
+    pub(crate) clock: crate::config::Timestamp,
 }
 
 impl std::fmt::Debug for Producer {
@@ -283,6 +285,7 @@ impl Producer {
             slot_size: inner.config.slot_size as usize,
             backpressure: inner.config.overflow == crate::config::Overflow::Backpressure,
             send_timeout: None,
+            clock: inner.config.timestamp,
         })
     }
 
@@ -440,7 +443,7 @@ impl Producer {
         }
         let offset = o
             .writer
-            .write_slot(hdr, &slots, os::realtime_ns(), key, value)
+            .write_slot(hdr, &slots, stamp(self.clock), key, value)
             .map_err(|e| inner.write_error(o.partition, e))?;
         if o.writer.commit(hdr) {
             wait::wake_all(inner.meta.meta_header());
@@ -466,7 +469,7 @@ impl Producer {
             .reserve(hdr, values.len() as u64)
             .map_err(|e| inner.write_error(o.partition, e))?;
         let first_offset = o.writer.next_offset();
-        let now = os::realtime_ns();
+        let now = stamp(self.clock);
         let mut result = Ok(());
         for v in values {
             if self.backpressure && o.writer.next_offset() >= o.limit {
@@ -496,6 +499,16 @@ impl Producer {
             first_offset,
             count: values.len(),
         })
+    }
+}
+
+/// A record's timestamp under the topic's clock choice.
+#[inline]
+pub(crate) fn stamp(clock: crate::config::Timestamp) -> u64 {
+    match clock {
+        crate::config::Timestamp::Realtime => os::realtime_ns(),
+        crate::config::Timestamp::Coarse => os::coarse_now_ns(),
+        crate::config::Timestamp::None => 0,
     }
 }
 

@@ -369,8 +369,7 @@ impl Writer {
             .next
             .saturating_add(n.clamp(1, self.slots))
             .min(MAX_OFFSET);
-        hdr.claim
-            .store(pack_claim(self.me, end), Ordering::Relaxed);
+        hdr.claim.store(pack_claim(self.me, end), Ordering::Relaxed);
         if !cfg!(loom_mutant_claim) {
             // SYNC POINT "claim" (hot side), paired with `resume`'s heavy
             // barrier.

@@ -134,7 +134,8 @@ impl TopicManager {
             config.max_groups,
             config.max_members,
             config.group_retention.as_millis() as u32,
-        );
+        )
+        .with_timestamp(config.timestamp.code());
         if !self.force_size {
             let need = (geo.region_len as u64)
                 .saturating_mul(u64::from(config.partitions))
@@ -211,6 +212,12 @@ impl TopicManager {
                 h.overflow
             )))
         })?;
+        let timestamp = crate::config::Timestamp::from_code(h.timestamp).ok_or_else(|| {
+            bad(RegionProblem::BadGeometry(format!(
+                "timestamp clock {}",
+                h.timestamp
+            )))
+        })?;
         let config = TopicConfig {
             partitions: meta_geo.partitions,
             slots: h.slots,
@@ -223,6 +230,7 @@ impl TopicManager {
             max_groups: meta_geo.group_cap,
             max_members: meta_geo.member_cap,
             max_partitions: meta_geo.max_partitions,
+            timestamp,
         };
         let geo = Geometry::new(config.slots, config.slot_size)
             .ok_or_else(|| bad(crate::region::geometry_problem(h.slots, h.slot_size)))?;

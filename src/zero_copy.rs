@@ -28,7 +28,6 @@ use std::ops::{Deref, DerefMut};
 use crate::backpressure;
 use crate::consumer::{Consumer, Delivered};
 use crate::error::{Error, Result};
-use crate::os;
 use crate::producer::{Producer, Sent};
 use crate::ring::{self, Claimed, ReadWith};
 use crate::wait;
@@ -254,7 +253,7 @@ impl Producer {
             .writer
             .claim(hdr, &slots)
             .map_err(|e| inner.write_error(partition, e))?;
-        let timestamp_ns = os::realtime_ns();
+        let timestamp_ns = crate::producer::stamp(self.clock);
         slots.begin_loan(claim.offset() & part.geo.mask(), timestamp_ns, len);
         Ok(Loan {
             producer: self,

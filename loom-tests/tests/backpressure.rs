@@ -88,7 +88,12 @@ fn model(check_limit: bool) {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence, loom_mutant_membarrier, loom_mutant_claim)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn backpressure_writer_never_laps_a_live_group() {
     check("backpressure_writer_never_laps_a_live_group", || {
         model(true)

@@ -156,7 +156,10 @@ fn mid_copy_model() {
     let late: Vec<u64> = match late {
         Ok(o) => vec![o],
         Err(WriteError::Fenced { current }) => {
-            assert_eq!(current, new.0.word, "{VIOLATION}: fenced by an unknown writer");
+            assert_eq!(
+                current, new.0.word,
+                "{VIOLATION}: fenced by an unknown writer"
+            );
             vec![]
         }
         Err(e) => panic!("{VIOLATION}: unexpected late-write error {e:?}"),
@@ -165,7 +168,12 @@ fn mid_copy_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence, loom_mutant_membarrier, loom_mutant_claim)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn claim_fenced_mid_copy() {
     check("claim_fenced_mid_copy", mid_copy_model);
 }
@@ -201,7 +209,12 @@ fn batch_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence, loom_mutant_membarrier, loom_mutant_claim)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn claim_fenced_batch() {
     check("claim_fenced_batch", batch_model);
 }

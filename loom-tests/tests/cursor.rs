@@ -65,7 +65,12 @@ fn cursor_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence, loom_mutant_membarrier, loom_mutant_claim)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn cursor_implies_slot() {
     check("cursor_implies_slot", cursor_model);
 }

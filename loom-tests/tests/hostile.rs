@@ -149,7 +149,12 @@ fn honest_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence, loom_mutant_membarrier, loom_mutant_claim)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn stuck_never_skips_on_honest_ring() {
     check("stuck_never_skips_on_honest_ring", honest_model);
 }
@@ -180,7 +185,12 @@ fn stuck_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence, loom_mutant_membarrier, loom_mutant_claim)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn stuck_slot_is_skipped() {
     check("stuck_slot_is_skipped", stuck_model);
 }
@@ -234,7 +244,12 @@ fn wild_cursor_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence, loom_mutant_membarrier, loom_mutant_claim)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn wild_cursor_is_repaired() {
     check("wild_cursor_is_repaired", wild_cursor_model);
 }
@@ -267,7 +282,12 @@ fn takeover_model(wild: u64) -> impl Fn() + Sync + Send + 'static {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence, loom_mutant_membarrier, loom_mutant_claim)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn takeover_ignores_wild_cursor() {
     check("takeover_ignores_wild_cursor_high", takeover_model(1 << 63));
     check("takeover_ignores_wild_cursor_zero", takeover_model(0));

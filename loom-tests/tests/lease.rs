@@ -68,7 +68,12 @@ fn renew_vs_reclaim() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence, loom_mutant_membarrier, loom_mutant_claim)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn lease_renew_vs_reclaim() {
     check("lease_renew_vs_reclaim", renew_vs_reclaim);
 }
@@ -111,7 +116,12 @@ fn renew_vs_delete() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence, loom_mutant_membarrier, loom_mutant_claim)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn lease_renew_vs_delete() {
     check("lease_renew_vs_delete", renew_vs_delete);
 }

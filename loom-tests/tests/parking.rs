@@ -174,7 +174,12 @@ fn parking_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence, loom_mutant_membarrier, loom_mutant_claim)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn parking_no_lost_wakeup() {
     check("parking_no_lost_wakeup", parking_model);
 }

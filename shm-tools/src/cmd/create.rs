@@ -27,6 +27,27 @@ impl From<OverflowArg> for Overflow {
     }
 }
 
+/// Record clock, as typed on the command line (`TopicConfig::timestamp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TimestampArg {
+    /// CLOCK_REALTIME: exact nanoseconds (about 20 ns per send).
+    Realtime,
+    /// CLOCK_REALTIME_COARSE: kernel-tick resolution (about 5 ns per send).
+    Coarse,
+    /// No clock read: timestamps are 0.
+    None,
+}
+
+impl From<TimestampArg> for shmq::Timestamp {
+    fn from(t: TimestampArg) -> shmq::Timestamp {
+        match t {
+            TimestampArg::Realtime => shmq::Timestamp::Realtime,
+            TimestampArg::Coarse => shmq::Timestamp::Coarse,
+            TimestampArg::None => shmq::Timestamp::None,
+        }
+    }
+}
+
 /// Name of an overflow policy as shown by `list`/`info` (and in their JSON).
 pub fn overflow_name(o: Overflow) -> &'static str {
     match o {
@@ -93,6 +114,9 @@ pub struct CreateArgs {
     /// the memory behind it: filling it can take the host down).
     #[arg(long)]
     pub force: bool,
+    /// Which clock stamps each record.
+    #[arg(long, value_enum, default_value_t = TimestampArg::Realtime)]
+    pub timestamp: TimestampArg,
 }
 
 /// Run `shmq create`.
@@ -110,6 +134,7 @@ pub fn run(ns: &str, args: CreateArgs) -> CliResult {
         max_groups: args.max_groups,
         max_members: args.max_members,
         max_partitions: args.max_partitions,
+        timestamp: args.timestamp.into(),
     };
     let topic = mgr.create(&args.topic, config.clone())?;
     let bytes_per_partition =
