@@ -430,16 +430,24 @@ impl Producer {
         let part = inner.partition(o.partition)?;
         let hdr = part.header();
         let slots = part.slots();
+        // Reserve the one offset this send writes: the lease check, and the
+        // claim `write_slot` then finds already made (`Writer::reserve`).
         o.writer
-            .check(hdr, &slots)
+            .reserve(hdr, 1)
             .map_err(|e| inner.write_error(o.partition, e))?;
         if self.backpressure && o.writer.next_offset() >= o.limit {
-            o.limit = backpressure::wait_for_room(
+            match backpressure::wait_for_room(
                 inner,
                 o.partition,
                 o.writer.next_offset(),
                 self.send_timeout,
-            )?;
+            ) {
+                Ok(limit) => o.limit = limit,
+                Err(e) => {
+                    o.writer.unreserve(hdr);
+                    return Err(e);
+                }
+            }
         }
         let offset = o
             .writer
@@ -514,8 +522,9 @@ pub(crate) fn stamp(clock: crate::config::Timestamp) -> u64 {
 
 impl Drop for Producer {
     fn drop(&mut self) {
-        for o in &self.owned {
+        for o in &mut self.owned {
             if let Some(part) = self.topic.inner.mapped(o.partition) {
+                o.writer.unreserve(part.header());
                 writer_lease::release(&part.header().writer, o.writer.lease_word());
             }
         }

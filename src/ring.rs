@@ -386,10 +386,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Give back the offsets reserved beyond `next`. A plain store: shrinking
-    /// is always safe, since any later write reserves (and checks) again.
+    /// Give back the offsets reserved beyond `next` (a send that reserved
+    /// and then wrote nothing; [`Writer::commit`] does it for a batch cut
+    /// short), so a successor does not wait for them. A plain store:
+    /// shrinking is always safe, since any later write reserves (and checks)
+    /// again.
     #[cold]
-    fn unreserve(&mut self, hdr: &PartitionHeader) {
+    pub fn unreserve(&mut self, hdr: &PartitionHeader) {
+        if self.reserved <= self.next {
+            return;
+        }
         hdr.claim
             .store(pack_claim(self.me, self.next), Ordering::Relaxed);
         self.reserved = self.next;
@@ -863,5 +869,37 @@ impl Writer {
         // for a publish; readers then see a value that matches no offset of
         // this slot they may still be waiting for.
         seq.store(holds(offset.wrapping_sub(1)), Ordering::Release);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod claim_word_tests {
+    use super::{claimed_end, pack_claim, MAX_OFFSET};
+
+    #[test]
+    fn claim_word_widens_its_low_half_against_the_resume_point() {
+        let me = 7u64 << 32 | 42;
+        // Plain case: a reservation three offsets past the resume point.
+        assert_eq!(claimed_end(pack_claim(me, 103), 100, 8), Some(103));
+        // Nothing reserved beyond the resume point (fully published, or a
+        // reservation given back): no wait.
+        assert_eq!(claimed_end(pack_claim(me, 100), 100, 8), None);
+        assert_eq!(claimed_end(pack_claim(me, 90), 100, 8), None);
+        // Across a 2^32 boundary of the offsets.
+        let base = (5u64 << 32) - 2;
+        assert_eq!(
+            claimed_end(pack_claim(me, base + 4), base, 8),
+            Some(base + 4)
+        );
+        // More than a ring ahead cannot be a writer's: scribbled, ignored.
+        assert_eq!(claimed_end(pack_claim(me, 100 + 9), 100, 8), None);
+        assert_eq!(claimed_end(u64::MAX, 100, 8), None);
+        // Never beyond MAX_OFFSET.
+        assert_eq!(
+            claimed_end(pack_claim(me, MAX_OFFSET + 1), MAX_OFFSET - 1, 8),
+            None
+        );
+        // The epoch half is the lease's.
+        assert_eq!(pack_claim(me, 103) >> 32, 7);
     }
 }

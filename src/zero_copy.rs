@@ -238,16 +238,23 @@ impl Producer {
         let hdr = part.header();
         let slots = part.slots();
         let partition = o.partition;
+        // The lease check and the reservation of the loaned offset.
         o.writer
-            .check(hdr, &slots)
+            .reserve(hdr, 1)
             .map_err(|e| inner.write_error(partition, e))?;
         if self.backpressure && o.writer.next_offset() >= o.limit {
-            o.limit = backpressure::wait_for_room(
+            match backpressure::wait_for_room(
                 inner,
                 partition,
                 o.writer.next_offset(),
                 self.send_timeout,
-            )?;
+            ) {
+                Ok(limit) => o.limit = limit,
+                Err(e) => {
+                    o.writer.unreserve(hdr);
+                    return Err(e);
+                }
+            }
         }
         let claim = o
             .writer
