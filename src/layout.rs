@@ -279,8 +279,8 @@ pub struct MetaHeader {
     /// How long a consumer group with no live member and no sign of life is
     /// kept before it is freed, in milliseconds; `0` = never.
     pub group_retention_ms: u32,
-    /// Which clock stamps records: [`TIMESTAMP_REALTIME`] (0, also what a
-    /// zeroed field means), [`TIMESTAMP_COARSE`] or [`TIMESTAMP_NONE`].
+    /// Which clock stamps records: [`TIMESTAMP_REALTIME`] (0),
+    /// [`TIMESTAMP_COARSE`] (the default) or [`TIMESTAMP_NONE`].
     /// Written once by the creator.
     pub timestamp: u32,
     _pad1a: u32,
