@@ -33,11 +33,15 @@
 //! The futex is emulated with a loom `Mutex` + `Condvar`: `wait` sleeps only
 //! if the word still equals the value the reader saw (checked under the lock,
 //! as the kernel checks it under its hash-bucket lock); `wake` takes the lock
-//! and notifies. When the writer is done it wakes any sleeper one last time
-//! *without* bumping `notify`: a reader woken that way (its `notify` value
-//! unchanged) was asleep with nobody left to wake it, a lost wake-up, and
-//! the model fails with a violation (rather than a loom deadlock, so a
-//! mutant run can tell the two apart).
+//! and notifies every sleeper (a woken reader re-checks and may park again,
+//! as in production: a wake-up can be stale, meant for an earlier record).
+//! When the writer is done it counts the readers still asleep (and wakes
+//! them so the model ends): a reader asleep then, or about to sleep on an
+//! unchanged word after that, has lost its wake-up, and the model fails with
+//! a violation (rather than a loom deadlock, so a mutant run can tell the
+//! two apart). (A first version asserted that every wake-up changed
+//! `notify`; loom at bound 3 showed that a reader can be woken by the
+//! FUTEX_WAKE of an earlier record and legitimately see the old word.)
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -50,27 +54,36 @@ fn value(offset: u64) -> u64 {
     300 + offset
 }
 
-/// A futex word's kernel side.
+/// A futex word's kernel side. The mutex guards the number of threads
+/// asleep (set back to 0 by every wake, which wakes them all).
 #[derive(Default)]
 struct Futex {
-    lock: Mutex<()>,
+    lock: Mutex<usize>,
     cv: Condvar,
 }
 
 impl Futex {
-    /// FUTEX_WAIT: sleep until woken, unless `word != expected` already
-    /// (or the writer is `done`: then nobody would ever wake us).
-    fn wait(&self, word: &AtomicU32, expected: u32, done: &AtomicBool) {
-        let guard = self.lock.lock().unwrap();
-        if word.load(Ordering::SeqCst) == expected && !done.load(Ordering::SeqCst) {
-            drop(self.cv.wait(guard).unwrap());
+    /// FUTEX_WAIT: sleep until woken, unless `word != expected` already.
+    /// Returns `false` if the writer is already `done` and the word still
+    /// equals `expected`: the caller was about to sleep with nobody left to
+    /// wake it (a lost wake-up).
+    fn wait(&self, word: &AtomicU32, expected: u32, done: &AtomicBool) -> bool {
+        let mut asleep = self.lock.lock().unwrap();
+        if word.load(Ordering::SeqCst) == expected {
+            if done.load(Ordering::SeqCst) {
+                return false;
+            }
+            *asleep += 1;
+            drop(self.cv.wait(asleep).unwrap());
         }
+        true
     }
 
-    /// FUTEX_WAKE of every sleeper.
-    fn wake(&self) {
-        let _guard = self.lock.lock().unwrap();
+    /// FUTEX_WAKE of every sleeper. Returns how many were asleep.
+    fn wake(&self) -> usize {
+        let mut asleep = self.lock.lock().unwrap();
         self.cv.notify_all();
+        std::mem::take(&mut *asleep)
     }
 }
 
@@ -118,11 +131,13 @@ fn parking_model() {
                     let ready = r.hdr.cursor.load(Ordering::Acquire) > o;
                     if !ready {
                         slept = true;
-                        wake.futex.wait(&wake.notify, seen, &wake.done);
+                        // A wake-up may be stale (FUTEX_WAKE for an
+                        // earlier record): the loop re-checks, as
+                        // `wait::park`'s callers do.
                         assert!(
-                            wake.notify.load(Ordering::SeqCst) != seen,
-                            "{VIOLATION}: lost wake-up: reader {o} slept with nothing new \
-                             and the writer never saw it waiting"
+                            wake.futex.wait(&wake.notify, seen, &wake.done),
+                            "{VIOLATION}: lost wake-up: reader {o} is going to sleep with \
+                             nothing new after the writer finished"
                         );
                     }
                     r.hdr.waiters.fetch_sub(1, Ordering::SeqCst);
@@ -152,10 +167,14 @@ fn parking_model() {
             wake.futex.wake();
         }
     }
-    // The end: a reader still asleep now has lost its wake-up; wake it
-    // without bumping `notify` so it can report that.
+    // The end: a reader still asleep now has lost its wake-up (the writer
+    // will never wake it again). Wake it anyway so the model ends.
     wake.done.store(true, Ordering::SeqCst);
-    wake.futex.wake();
+    let asleep = wake.futex.wake();
+    assert_eq!(
+        asleep, 0,
+        "{VIOLATION}: lost wake-up: a reader is asleep with nothing new after the writer finished"
+    );
     let slept: Vec<bool> = readers.into_iter().map(|h| h.join().unwrap()).collect();
     let slept = slept.contains(&true);
     // The Dekker pair: if a reader decided to sleep, a commit saw a waiter.
