@@ -363,8 +363,13 @@ impl Writer {
     /// the slots safe: two writers of one offset would write the same
     /// sequence values, and no reader could tell a body mixed from both.
     /// `loom-tests/tests/claim.rs` checks it with a writer fenced mid-copy.
+    ///
+    /// A writer already fenced is refused before it stores anything, so its
+    /// stale reservation does not make the next writer wait for offsets
+    /// nobody will write.
     #[inline]
     pub fn reserve(&mut self, hdr: &PartitionHeader, n: u64) -> Result<(), WriteError> {
+        self.check_lease(hdr)?;
         let end = self
             .next
             .saturating_add(n.clamp(1, self.slots))
@@ -375,6 +380,13 @@ impl Writer {
             // barrier.
             light_barrier();
         }
+        self.check_lease(hdr)?;
+        self.reserved = end;
+        Ok(())
+    }
+
+    #[inline]
+    fn check_lease(&self, hdr: &PartitionHeader) -> Result<(), WriteError> {
         let current = hdr.writer.load(Ordering::Relaxed);
         if current != self.me {
             return Err(WriteError::Fenced { current });
@@ -382,7 +394,6 @@ impl Writer {
         if hdr.lease.expiry.load(Ordering::Relaxed) == RECLAIMED {
             return Err(WriteError::LeaseExpired);
         }
-        self.reserved = end;
         Ok(())
     }
 
@@ -822,11 +833,27 @@ impl Writer {
         hdr: &PartitionHeader,
         mem: &S,
     ) -> Result<Claimed, WriteError> {
-        if self.next >= self.reserved {
-            self.reserve(hdr, 1)?;
-        }
         let geo = mem.geometry();
-        let offset = self.next;
+        let mut skipped = 0u64;
+        let offset = loop {
+            if self.next >= self.reserved {
+                self.reserve(hdr, 1)?;
+            }
+            let offset = self.next;
+            // An offset already published (a predecessor's last record, or
+            // a resume that started low because a peer scribbled the
+            // cursor or a sequence word) keeps its record; ours takes the
+            // next offset, so a record readers may have consumed is never
+            // rewritten. Bounded: at most a ring of them.
+            if skipped < geo.slots
+                && mem.seq(offset & geo.mask()).load(Ordering::Relaxed) == holds(offset)
+            {
+                skipped += 1;
+                self.next = offset + 1;
+                continue;
+            }
+            break offset;
+        };
         // A plain store: no other live writer can be writing this slot
         // (the reservation above is the exclusion, see `reserve`), so there
         // is nothing to compare against. It also takes back a slot a peer
