@@ -4,7 +4,7 @@
 # 1. Every model in loom-tests/ runs under `--cfg loom` in release mode and
 #    must pass.
 # 2. Every mutant (a deliberately weakened ordering in src/sync.rs) is built
-#    and its test must pass, i.e. the ring model must FAIL with a model
+#    and its test must pass, i.e. the model it names must FAIL with a model
 #    violation under it. A mutant that survives fails this script.
 #
 # Prints each model's name, preemption bound, interleavings explored and run
@@ -15,10 +15,13 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${LOOM_TARGET_DIR:-target/loom}"
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
-# Each mutant: its cfg and the ring test that must catch it.
+# Each mutant: its cfg, the test file and the test that must catch it.
 MUTANTS=(
-    "loom_mutant:mutant_relaxed_publish_is_caught"
-    "loom_mutant_fence:mutant_missing_read_fence_is_caught"
+    "loom_mutant:ring:mutant_relaxed_publish_is_caught"
+    "loom_mutant_fence:ring:mutant_missing_read_fence_is_caught"
+    "loom_mutant_membarrier:parking:mutant_missing_park_barrier_is_caught"
+    "loom_mutant_membarrier:claim:mutant_missing_takeover_barrier_is_caught"
+    "loom_mutant_claim:claim:mutant_missing_claim_barrier_is_caught"
 )
 
 summary=$(mktemp)
@@ -50,11 +53,10 @@ if [ "$models" -lt 1 ]; then
 fi
 
 for entry in "${MUTANTS[@]}"; do
-    cfg=${entry%%:*}
-    test=${entry#*:}
-    echo "loom: mutant --cfg $cfg (the ring model must fail)"
+    IFS=: read -r cfg file test <<<"$entry"
+    echo "loom: mutant --cfg $cfg (the $file model must fail)"
     before=$(grep -c '^mutant' "$summary" || true)
-    if ! run "--cfg loom --cfg $cfg" --test ring -- --exact "$test" --nocapture; then
+    if ! run "--cfg loom --cfg $cfg" --test "$file" -- --exact "$test" --nocapture; then
         echo "loom: mutant $cfg SURVIVED or failed for another reason (output above)"
         exit 1
     fi

@@ -30,7 +30,6 @@
 use crate::backpressure;
 use crate::error::{Error, Result};
 use crate::layout::{HEADERS_PREFIX, HEADER_ENTRY_PREFIX, KEY_LEN_MASK};
-use crate::os;
 use crate::producer::{Producer, Sent};
 use crate::wait;
 
@@ -449,16 +448,24 @@ impl Producer {
         let part = inner.partition(partition)?;
         let hdr = part.header();
         let slots = part.slots();
+        // As `Producer::send_at`: reserve the offset (the lease check), wait
+        // for room, write, publish, then the durable topic's sync.
         o.writer
-            .check(hdr, &slots)
+            .reserve(hdr, 1)
             .map_err(|e| inner.write_error(partition, e))?;
         if self.backpressure && o.writer.next_offset() >= o.limit {
-            o.limit = backpressure::wait_for_room(
+            match backpressure::wait_for_room(
                 inner,
                 partition,
                 o.writer.next_offset(),
                 self.send_timeout,
-            )?;
+            ) {
+                Ok(limit) => o.limit = limit,
+                Err(e) => {
+                    o.writer.unreserve(hdr);
+                    return Err(e);
+                }
+            }
         }
         let claim = o
             .writer
@@ -466,7 +473,7 @@ impl Producer {
             .map_err(|e| inner.write_error(partition, e))?;
         slots.write_record(
             claim.offset() & part.geo.mask(),
-            os::realtime_ns(),
+            crate::producer::stamp(self.clock),
             key,
             block,
             value,
@@ -475,6 +482,7 @@ impl Producer {
         if o.writer.commit(hdr) {
             wait::wake_all(inner.meta.meta_header());
         }
+        inner.after_publish(partition, offset, offset.wrapping_add(1))?;
         Ok(Sent { partition, offset })
     }
 }

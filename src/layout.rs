@@ -33,6 +33,9 @@
 //!  0x100 +---------------+---------------+-----------------------------------------------+
 //!        | full_events   | takeovers     | (pad)                                         |  COUNTERS
 //!  0x140 +---------------+---------------+-----------------------------------------------+
+//!        | claim (atomic)| (pad)                                                         |  CLAIM (writers
+//!        | epoch<<32|end |                                                               |  only, v3)
+//!  0x180 +---------------+---------------------------------------------------------------+
 //!        | (reserved to 0x200)                                                           |
 //!  0x200 +===============================================================================+
 //!        | slot 0  (stride bytes, a multiple of 64)                                      |
@@ -82,7 +85,8 @@
 //!        | retention_ns | mode | group_cap | member_cap | dead_group_ms                  |
 //!  0x040 +-------------------------------------------------------------------------------+
 //!        | expiry (atomic) | ttl_ns | created_ns | region_len | notify (u32 futex) |      |  CONTROL
-//!        | group_retention_ms (u32, 0 = never) | pad                                     |
+//!        | group_retention_ms (u32, 0 = never) | timestamp (u32: 0 realtime, 1 coarse,     |
+//!        | 2 none) | pad                                                                 |
 //!  0x080 +-------+-------+---------------+-----------------------------------------------+
 //!        |count  |max_   | grow (atomic) | (pad)                                         |  GROWTH
 //!        |u32 atm|parts  | target<<32 |  |                                               |  read per poll,
@@ -159,6 +163,13 @@ pub const LINE: usize = 64;
 
 /// `expiry` value meaning "the supervisor reclaimed this region".
 pub const RECLAIMED: u64 = u64::MAX;
+
+/// `MetaHeader::timestamp`: records stamped with `CLOCK_REALTIME`.
+pub const TIMESTAMP_REALTIME: u32 = 0;
+/// `MetaHeader::timestamp`: records stamped with `CLOCK_REALTIME_COARSE`.
+pub const TIMESTAMP_COARSE: u32 = 1;
+/// `MetaHeader::timestamp`: records stamped 0 (no clock read).
+pub const TIMESTAMP_NONE: u32 = 2;
 
 /// Bit set in a slot's `key_len` word when the record carries a key.
 pub const HAS_KEY: u32 = 1 << 31;
@@ -246,6 +257,16 @@ pub struct PartitionHeader {
     /// Times the writer lease was taken over from a dead writer.
     pub takeovers: AtomicU64,
     _pad4: [u64; 6],
+    // ---- CLAIM (0x140, writers only) ----
+    /// The writer's reservation: `epoch << 32 | end`, the low 32 bits of the
+    /// offset (exclusive) up to which the writer of that lease epoch may
+    /// write slots without another check. Stored (plainly) by the writer
+    /// before it checks its lease for a record or a batch; loaded by a new
+    /// writer after it took the lease over, which leaves the reserved
+    /// offsets to its predecessor until they are published. See
+    /// `ring::Writer::reserve`.
+    pub claim: AtomicU64,
+    _pad5: [u64; 7],
 }
 
 /// Identity and control lines of a topic's meta region.
@@ -291,7 +312,12 @@ pub struct MetaHeader {
     /// How long a consumer group with no live member and no sign of life is
     /// kept before it is freed, in milliseconds; `0` = never.
     pub group_retention_ms: u32,
-    _pad1: [u64; 3],
+    /// Which clock stamps records: [`TIMESTAMP_REALTIME`] (0),
+    /// [`TIMESTAMP_COARSE`] (the default) or [`TIMESTAMP_NONE`].
+    /// Written once by the creator.
+    pub timestamp: u32,
+    _pad1a: u32,
+    _pad1: [u64; 2],
     // ---- GROWTH (0x080) ----
     /// Partitions published: `p0 .. p<count-1>` exist and are initialised.
     /// Only grows, by CAS `n -> n + 1` (Release) once region `p<n>` is
@@ -471,7 +497,8 @@ mod asserts {
     use super::*;
     use core::mem::{align_of, offset_of, size_of};
 
-    const _: () = assert!(size_of::<PartitionHeader>() == 0x140);
+    const _: () = assert!(size_of::<PartitionHeader>() == 0x180);
+    const _: () = assert!(offset_of!(PartitionHeader, claim) == 0x140);
     const _: () = assert!(size_of::<PartitionHeader>() <= PARTITION_HEADER);
     const _: () = assert!(offset_of!(PartitionHeader, magic) == 0x00);
     const _: () = assert!(offset_of!(PartitionHeader, version) == 0x08);
@@ -509,6 +536,7 @@ mod asserts {
     const _: () = assert!(offset_of!(GroupPartition, dead_lettered) == 0x20);
     const _: () = assert!(offset_of!(GroupPartition, start) == 0x28);
     const _: () = assert!(offset_of!(MetaHeader, group_retention_ms) == 0x64);
+    const _: () = assert!(offset_of!(MetaHeader, timestamp) == 0x68);
     const _: () = assert!(offset_of!(GroupHeader, name) == 0x10);
     const _: () = assert!(size_of::<MemberEntry>() == LINE);
     const _: () = assert!(size_of::<GroupPartition>() == LINE);
@@ -559,6 +587,8 @@ impl PartitionHeader {
             full_events: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
             _pad4: [0; 6],
+            claim: AtomicU64::new(0),
+            _pad5: [0; 7],
         }
     }
 }
@@ -640,7 +670,9 @@ impl MetaHeader {
             created_ns: now_ns,
             notify: AtomicU32::new(0),
             group_retention_ms: 0,
-            _pad1: [0; 3],
+            timestamp: TIMESTAMP_REALTIME,
+            _pad1a: 0,
+            _pad1: [0; 2],
             partition_count: AtomicU32::new(partitions),
             max_partitions,
             grow: AtomicU64::new(0),
@@ -663,6 +695,12 @@ impl MetaHeader {
         self.group_retention_ms = retention_ms;
         self.region_len =
             (META_HEADER + group_cap as usize * group_size(part_lines as u32, member_cap)) as u64;
+        self
+    }
+
+    /// Set the clock records are stamped with (`TIMESTAMP_*`).
+    pub fn with_timestamp(mut self, code: u32) -> Self {
+        self.timestamp = code;
         self
     }
 }

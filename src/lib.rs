@@ -211,6 +211,8 @@ pub use capacity::MEMORY_SHARE_PERCENT;
 #[cfg(not(loom))]
 pub use competing::CompetingConsumer;
 #[cfg(not(loom))]
+pub use config::Timestamp;
+#[cfg(not(loom))]
 pub use config::{ConfigDifference, Overflow, TopicConfig};
 #[cfg(not(loom))]
 pub use consumer::{Consumer, Delivered, Lagged, Polled, Record, SeekPolicy};

@@ -974,3 +974,112 @@ pub fn cpu_time_ns() -> u64 {
     };
     ns(ru.ru_utime).saturating_add(ns(ru.ru_stime))
 }
+
+// The asymmetric barrier (issue 13): membarrier(2).
+// ---------------------------------------------------------------------------
+
+/// `MEMBARRIER_CMD_QUERY` (linux/membarrier.h).
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+/// `MEMBARRIER_CMD_GLOBAL_EXPEDITED`: a full barrier on every CPU running a
+/// thread of a process registered with
+/// [`MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED`].
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
+/// `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED`.
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
+
+/// Which wake-up / claim barrier this process uses (see [`barrier_mode`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarrierMode {
+    /// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` on the rare side, a
+    /// compiler fence on the hot side (this process is registered).
+    Membarrier,
+    /// A SeqCst fence on both sides (membarrier unavailable or refused).
+    SeqCstFence,
+}
+
+impl BarrierMode {
+    /// A short name for reports (`shmq bench`'s header).
+    pub fn name(self) -> &'static str {
+        match self {
+            BarrierMode::Membarrier => "membarrier(GLOBAL_EXPEDITED)",
+            BarrierMode::SeqCstFence => "SeqCst fence (membarrier unavailable)",
+        }
+    }
+}
+
+/// 0 = not decided yet, 1 = membarrier registered, 2 = fence.
+static BARRIER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this process is registered for `MEMBARRIER_CMD_GLOBAL_EXPEDITED`,
+/// so its writers may use a compiler fence as the hot side of the barrier
+/// (`crate::sync::light_barrier`). One relaxed load; `false` until
+/// [`barrier_mode`] has run.
+#[inline]
+pub fn membarrier_registered() -> bool {
+    BARRIER.load(crate::sync::Ordering::Relaxed) == 1
+}
+
+fn membarrier(cmd: libc::c_int) -> libc::c_long {
+    // SAFETY: membarrier(2) takes integers only (cmd, flags = 0, cpu_id = 0)
+    // and touches no memory of ours.
+    unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            cmd,
+            0 as libc::c_uint,
+            0 as libc::c_int,
+        )
+    }
+}
+
+/// Decide this process's barrier mode, once: if the kernel supports
+/// `MEMBARRIER_CMD_GLOBAL_EXPEDITED` and accepts this process's
+/// registration, [`BarrierMode::Membarrier`]; otherwise
+/// [`BarrierMode::SeqCstFence`]. Every producer calls it before it writes
+/// (so a process is registered before its writers rely on the cheap side);
+/// later calls are one load.
+///
+/// `MEMBARRIER_CMD_PRIVATE_EXPEDITED` would only order threads of the
+/// calling process, and `MEMBARRIER_CMD_GLOBAL` (no registration needed)
+/// waits for an RCU grace period (about 14 ms measured on the bench
+/// machine), so neither fits a reader parking on another process's writer.
+pub fn barrier_mode() -> BarrierMode {
+    use crate::sync::Ordering as O;
+    match BARRIER.load(O::Acquire) {
+        1 => return BarrierMode::Membarrier,
+        2 => return BarrierMode::SeqCstFence,
+        _ => {}
+    }
+    let forced_off = std::env::var_os("SHMQ_NO_MEMBARRIER").is_some_and(|v| v != "0");
+    let query = membarrier(MEMBARRIER_CMD_QUERY);
+    let supported = !forced_off
+        && query > 0
+        && query & libc::c_long::from(MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0
+        && query & libc::c_long::from(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) != 0;
+    let mode = if supported && membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0 {
+        1
+    } else {
+        2
+    };
+    // Several threads may race here; they all compute the same answer.
+    BARRIER.store(mode, O::Release);
+    if mode == 1 {
+        BarrierMode::Membarrier
+    } else {
+        BarrierMode::SeqCstFence
+    }
+}
+
+/// The rare side of the asymmetric barrier (see `crate::sync::heavy_barrier`):
+/// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, which also acts as a full
+/// barrier for the caller; a SeqCst fence where that is unavailable (then
+/// writers of this host also fall back to a fence, except a writer in another
+/// process that could register when this one could not: see
+/// `crate::wait::park`, which bounds its sleep in that mode).
+pub fn heavy_barrier() {
+    if barrier_mode() == BarrierMode::Membarrier && membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0
+    {
+        return;
+    }
+    crate::sync::fence(crate::sync::Ordering::SeqCst);
+}

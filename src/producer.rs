@@ -117,6 +117,8 @@ pub struct Producer {
     pub(crate) slot_size: usize,
     pub(crate) backpressure: bool,
     pub(crate) send_timeout: Option<Duration>,
+    /// The topic's record clock (`TopicConfig::timestamp`).
+    pub(crate) clock: crate::config::Timestamp,
 }
 
 impl std::fmt::Debug for Producer {
@@ -155,6 +157,9 @@ impl Producer {
             return Err(inner.expired());
         }
         let n = inner.refresh()?;
+        // Register for membarrier (or settle on the fence fallback) before
+        // the first write relies on the cheap side of the barrier.
+        os::barrier_mode();
         let me = inner.token.id();
         let ns = inner.ns.clone();
         let mut owned: Vec<Owned> = Vec::new();
@@ -281,6 +286,7 @@ impl Producer {
             slot_size: inner.config.slot_size as usize,
             backpressure: inner.config.overflow == crate::config::Overflow::Backpressure,
             send_timeout: None,
+            clock: inner.config.timestamp,
         })
     }
 
@@ -425,20 +431,28 @@ impl Producer {
         let part = inner.partition(o.partition)?;
         let hdr = part.header();
         let slots = part.slots();
+        // Reserve the one offset this send writes: the lease check, and the
+        // claim `write_slot` then finds already made (`Writer::reserve`).
         o.writer
-            .check(hdr, &slots)
+            .reserve(hdr, 1)
             .map_err(|e| inner.write_error(o.partition, e))?;
         if self.backpressure && o.writer.next_offset() >= o.limit {
-            o.limit = backpressure::wait_for_room(
+            match backpressure::wait_for_room(
                 inner,
                 o.partition,
                 o.writer.next_offset(),
                 self.send_timeout,
-            )?;
+            ) {
+                Ok(limit) => o.limit = limit,
+                Err(e) => {
+                    o.writer.unreserve(hdr);
+                    return Err(e);
+                }
+            }
         }
         let offset = o
             .writer
-            .write_slot(hdr, &slots, os::realtime_ns(), key, value)
+            .write_slot(hdr, &slots, stamp(self.clock), key, value)
             .map_err(|e| inner.write_error(o.partition, e))?;
         if o.writer.commit(hdr) {
             wait::wake_all(inner.meta.meta_header());
@@ -459,11 +473,13 @@ impl Producer {
         let part = inner.partition(o.partition)?;
         let hdr = part.header();
         let slots = part.slots();
+        // One reservation (and lease check) for the whole batch, up to a
+        // ring; `Writer::claim` reserves again if the batch is longer.
         o.writer
-            .check(hdr, &slots)
+            .reserve(hdr, values.len() as u64)
             .map_err(|e| inner.write_error(o.partition, e))?;
         let first_offset = o.writer.next_offset();
-        let now = os::realtime_ns();
+        let now = stamp(self.clock);
         let mut result = Ok(());
         for v in values {
             if self.backpressure && o.writer.next_offset() >= o.limit {
@@ -497,10 +513,21 @@ impl Producer {
     }
 }
 
+/// A record's timestamp under the topic's clock choice.
+#[inline]
+pub(crate) fn stamp(clock: crate::config::Timestamp) -> u64 {
+    match clock {
+        crate::config::Timestamp::Realtime => os::realtime_ns(),
+        crate::config::Timestamp::Coarse => os::coarse_now_ns(),
+        crate::config::Timestamp::None => 0,
+    }
+}
+
 impl Drop for Producer {
     fn drop(&mut self) {
-        for o in &self.owned {
+        for o in &mut self.owned {
             if let Some(part) = self.topic.inner.mapped(o.partition) {
+                o.writer.unreserve(part.header());
                 self.topic.inner.sync_on_close(o.partition);
                 writer_lease::release(&part.header().writer, o.writer.lease_word());
             }

@@ -12,24 +12,34 @@
 //! offset `o`).
 //!
 //! Writer, for offset `o` (see [`Writer::write_slot`], or [`Writer::claim`]
-//! and [`Writer::publish_claimed`] for in-place writes):
-//! 1. **claim**: CAS `seq` from the previous occupant's value to `2o + 1`
-//!    (`AcqRel`). Losing the CAS to a writer with a newer lease (the header's
-//!    writer word is no longer ours) means we were taken over: the write is
-//!    rejected with [`WriteError::Fenced`], nothing copied. Losing it while
-//!    the lease is still ours means a predecessor we fenced is finishing one
-//!    last write of this offset: we keep its record (waiting while it is
-//!    mid-copy) and take the next offset. Anything else is a scribbled word,
-//!    taken back. `loom-tests/tests/takeover.rs` checks both races.
-//! 2. `fence(Release)` — SYNC POINT "writing mark": a reader that sees any
-//!    byte of the new body also sees the odd mark when it re-checks.
+//! and [`Writer::publish_claimed`] for in-place writes). No step is a locked
+//! instruction:
+//! 1. **reserve** (once per record, or once per batch, [`Writer::reserve`]):
+//!    store the partition's claim word (`epoch | end`), pass the hot side of
+//!    the asymmetric barrier, load the writer word — SYNC POINT "claim". A
+//!    word that is no longer ours means we were taken over: the write is
+//!    rejected with [`WriteError::Fenced`], no slot touched. A successor
+//!    passes the heavy side (`membarrier`) after its lease CAS and before it
+//!    loads the claim word ([`Writer::resume`]), so it either fences us here
+//!    or sees our reservation and waits for those offsets to be published:
+//!    two live writers never store into one slot. `loom-tests/tests/claim.rs`
+//!    and `takeover.rs` check both races, with a writer fenced mid-copy.
+//! 2. **claim**: store `2o + 1` into `seq` (plain), then `fence(Release)` —
+//!    SYNC POINT "writing mark": a reader that sees any byte of the new body
+//!    also sees the odd mark when it re-checks.
 //! 3. copy lengths, timestamp, key and value into the slot body.
 //! 4. **publish**: store `2o + 2` with `Release` — SYNC POINT "slot published".
-//! 5. after one record or a batch: `cursor.fetch_max(o + 1, SeqCst)` —
-//!    SYNC POINT "cursor": a reader that sees the cursor sees the slot. The
-//!    same SeqCst operation orders the publish before the `waiters` check
-//!    (a Dekker pair with a parking reader), so a waiter is never missed and
-//!    nobody parked means no syscall.
+//! 5. after one record or a batch: store the cursor `o + 1` with `Release` —
+//!    SYNC POINT "cursor": a reader that sees the cursor sees the slot. Then
+//!    the hot side of the asymmetric barrier and a load of `waiters` — SYNC
+//!    POINT "park": a Dekker pair with a parking reader, whose side is
+//!    [`park_barrier`], so a waiter is never missed and nobody parked means
+//!    no syscall.
+//!
+//! The asymmetric barrier is `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` on
+//! the rare side (parking, takeover) and a compiler fence on the hot side,
+//! in processes registered for it (`os::barrier_mode`); elsewhere a SeqCst
+//! fence on both sides, today's cost.
 //!
 //! Reader, for offset `o` (see [`read`]; consumers first ask their
 //! [`CursorCache`] whether `o` can be published yet: below the cached cursor
@@ -45,7 +55,7 @@
 //! intact. A torn record is never returned.
 
 use crate::layout::{Geometry, PartitionHeader, RECLAIMED};
-use crate::sync::{fence, spin_hint, AtomicU64, Ordering, PUBLISH};
+use crate::sync::{fence, heavy_barrier, light_barrier, AtomicU64, Ordering, PUBLISH};
 
 /// Where a ring's slots live.
 ///
@@ -136,10 +146,27 @@ pub const MAX_OFFSET: u64 = 1 << 62;
 /// How many slots ahead of its claim a writer prefetches.
 const PREFETCH_AHEAD: u64 = 8;
 
-/// How many spins a writer waits for a fenced predecessor that is still
-/// copying its last record into the slot the writer wants (see
-/// [`Writer::claim`]) before it declares the slot abandoned.
-const LATE_WRITE_WAIT: u32 = 1 << 16;
+/// How many times [`Writer::resume`] calls its `wait` for a predecessor's
+/// reserved offsets to be published before it declares the predecessor dead.
+const RESUME_TRIES: u32 = 64;
+
+/// The claim word for writer lease word `me` reserving up to `end`
+/// (exclusive): the lease's epoch in the high half, the low 32 bits of `end`
+/// in the low half.
+#[inline]
+fn pack_claim(me: u64, end: u64) -> u64 {
+    (me & !0xFFFF_FFFF) | (end & 0xFFFF_FFFF)
+}
+
+/// The end offset a claim word reserves beyond `base`: a writer reserves at
+/// most a ring ahead of an offset it has not published yet, so the low 32
+/// bits are widened to the offset in `(base, base + slots]` they denote.
+/// `None` if the word reserves nothing beyond `base` (or was scribbled).
+pub fn claimed_end(word: u64, base: u64, slots: u64) -> Option<u64> {
+    let ahead = u64::from((word as u32).wrapping_sub(base as u32));
+    let end = base.checked_add(ahead)?;
+    (ahead != 0 && ahead <= slots && end < MAX_OFFSET).then_some(end)
+}
 
 #[inline]
 fn writing(offset: u64) -> u64 {
@@ -222,8 +249,11 @@ pub enum WriteError {
 pub struct Writer {
     next: u64,
     me: u64,
-    /// The ring's slot count (the bound of the cursor repair in `commit`).
+    /// The ring's slot count (the largest reservation).
     slots: u64,
+    /// End (exclusive) of this writer's current reservation: offsets below
+    /// it may be written without another check (see [`Writer::reserve`]).
+    reserved: u64,
 }
 
 impl Writer {
@@ -253,6 +283,12 @@ impl Writer {
             && believable(mem, raw)
             && mem.seq(raw & geo.mask()).load(Ordering::Acquire) < holds(raw + geo.slots);
         let mut next = if believed { raw } else { scan_end(mem) };
+        // SYNC POINT "claim" (heavy side): our lease CAS on the writer word
+        // came first; after this barrier, either a predecessor still running
+        // sees our word at its next reservation (and touches no slot), or we
+        // see its reservation below and leave those offsets to it.
+        heavy_barrier();
+        let claim = hdr.claim.load(Ordering::Relaxed);
         let mut tries = 0u32;
         let mut steps = 0u64;
         while steps <= geo.slots && next < resume_cap(geo) {
@@ -263,13 +299,17 @@ impl Writer {
                 next += 1;
                 continue;
             }
+            let predecessors = s == writing(next) || claimed_end(claim, next, geo.slots).is_some();
+            if predecessors && tries < RESUME_TRIES {
+                // A predecessor is copying this offset, or reserved it and
+                // may be about to: let it finish (a fenced writer's late
+                // write is kept whole, on its own offset).
+                tries += 1;
+                steps -= 1;
+                wait();
+                continue;
+            }
             if s == writing(next) {
-                if tries < 64 {
-                    tries += 1;
-                    steps -= 1;
-                    wait();
-                    continue;
-                }
                 // The previous writer died mid-copy: mark the slot as holding
                 // nothing newer than `next - 1`, which readers treat as "not
                 // yet written" for `next`.
@@ -290,6 +330,7 @@ impl Writer {
             next,
             me,
             slots: geo.slots,
+            reserved: next,
         }
     }
 
@@ -322,6 +363,72 @@ impl Writer {
         Ok(())
     }
 
+    /// Reserve the next `n` offsets (at least 1, at most one ring) for this
+    /// writer and check that it still owns the partition: SYNC POINT
+    /// "claim". [`Writer::claim`] reserves on demand, one offset at a time;
+    /// a batch reserves once for all its records.
+    ///
+    /// Store the claim word (`epoch << 32 | end`, low 32 bits of the end
+    /// offset), pass the hot side of the asymmetric barrier, then load the
+    /// writer word. A successor stores the writer word (its lease CAS), passes
+    /// the heavy side (`membarrier`) in [`Writer::resume`], then loads the
+    /// claim word. So either this check sees the successor's word (refused
+    /// with [`WriteError::Fenced`], no slot touched), or the successor sees
+    /// this reservation and leaves these offsets to us until they are
+    /// published (or a bounded wait says we died). Either way no two live
+    /// writers ever store into one slot, which is what makes plain stores on
+    /// the slots safe: two writers of one offset would write the same
+    /// sequence values, and no reader could tell a body mixed from both.
+    /// `loom-tests/tests/claim.rs` checks it with a writer fenced mid-copy.
+    ///
+    /// A writer already fenced is refused before it stores anything, so its
+    /// stale reservation does not make the next writer wait for offsets
+    /// nobody will write.
+    #[inline]
+    pub fn reserve(&mut self, hdr: &PartitionHeader, n: u64) -> Result<(), WriteError> {
+        self.check_lease(hdr)?;
+        let end = self
+            .next
+            .saturating_add(n.clamp(1, self.slots))
+            .min(MAX_OFFSET);
+        hdr.claim.store(pack_claim(self.me, end), Ordering::Relaxed);
+        if !cfg!(loom_mutant_claim) {
+            // SYNC POINT "claim" (hot side), paired with `resume`'s heavy
+            // barrier.
+            light_barrier();
+        }
+        self.check_lease(hdr)?;
+        self.reserved = end;
+        Ok(())
+    }
+
+    #[inline]
+    fn check_lease(&self, hdr: &PartitionHeader) -> Result<(), WriteError> {
+        let current = hdr.writer.load(Ordering::Relaxed);
+        if current != self.me {
+            return Err(WriteError::Fenced { current });
+        }
+        if hdr.lease.expiry.load(Ordering::Relaxed) == RECLAIMED {
+            return Err(WriteError::LeaseExpired);
+        }
+        Ok(())
+    }
+
+    /// Give back the offsets reserved beyond `next` (a send that reserved
+    /// and then wrote nothing; [`Writer::commit`] does it for a batch cut
+    /// short), so a successor does not wait for them. A plain store:
+    /// shrinking is always safe, since any later write reserves (and checks)
+    /// again.
+    #[cold]
+    pub fn unreserve(&mut self, hdr: &PartitionHeader) {
+        if self.reserved <= self.next {
+            return;
+        }
+        hdr.claim
+            .store(pack_claim(self.me, self.next), Ordering::Relaxed);
+        self.reserved = self.next;
+    }
+
     /// Write one record into the next slot without advancing the shared
     /// cursor; [`Writer::commit`] makes a batch of these visible to cursor
     /// readers and wakes parked readers. Returns the record's offset.
@@ -348,19 +455,47 @@ impl Writer {
 
     /// Publish the cursor after one or more [`Writer::write_slot`]s. Returns
     /// whether any reader is parked (the caller then wakes it).
+    ///
+    /// No locked instruction: the cursor is a plain `Release` store, and the
+    /// Dekker pair with a parking reader (cursor store, then `waiters` load
+    /// here; `waiters` bump, then cursor load in [`park_barrier`]'s caller)
+    /// is ordered by the asymmetric barrier: a compiler fence here
+    /// (`sync::light_barrier`), `membarrier` on the rare parking side. So a
+    /// waiter is never missed and nobody parked means no syscall.
+    ///
+    /// A plain store also repairs a cursor a peer scribbled (it is simply
+    /// overwritten). The one cost: a fenced predecessor whose late write
+    /// landed whole (see [`Writer::resume`]) may store its older cursor
+    /// after ours, so the cursor can step back until our next commit. A
+    /// lower cursor is still sound (every offset below it is published);
+    /// readers cache the highest cursor they saw and never go back.
+    ///
+    /// A reservation not used up (a batch cut short) is given back first, so
+    /// a successor does not wait for offsets this writer will not write.
     #[inline]
-    pub fn commit(&self, hdr: &PartitionHeader) -> bool {
-        // SYNC POINT "cursor": pairs with Acquire loads of the cursor; SeqCst
-        // so it is totally ordered with a parking reader's `waiters` bump.
-        let prev = hdr.cursor.fetch_max(self.next, Ordering::SeqCst);
-        if prev > self.next.saturating_add(self.slots) {
-            // A cursor more than a ring beyond our own next offset cannot be
-            // ours or a fenced predecessor's: a peer scribbled it. Put it
-            // back (a CAS, so a concurrent legitimate raise is not undone).
-            cold_repair(hdr, prev, self.next);
+    pub fn commit(&mut self, hdr: &PartitionHeader) -> bool {
+        if self.reserved > self.next {
+            self.unreserve(hdr);
         }
-        hdr.waiters.load(Ordering::SeqCst) != 0
+        // SYNC POINT "cursor": pairs with Acquire loads of the cursor.
+        hdr.cursor.store(self.next, Ordering::Release);
+        // SYNC POINT "park" (hot side): see `park_barrier`.
+        light_barrier();
+        hdr.waiters.load(Ordering::Relaxed) != 0
     }
+}
+
+/// The parking side of the no-lost-wake-up handshake: call after announcing
+/// this reader in the `waiters` word of every partition it waits on (a SeqCst
+/// RMW) and before re-checking their cursors. It is the heavy side of the
+/// asymmetric barrier (`membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, or a
+/// SeqCst fence where that is unavailable): after it, either the re-check
+/// sees a writer's cursor store, or that writer's `waiters` load in
+/// [`Writer::commit`] sees this reader's announcement and it wakes the
+/// futex. `loom-tests/tests/parking.rs` models it.
+#[inline]
+pub fn park_barrier() {
+    heavy_barrier();
 }
 
 /// The highest offset `Writer::resume` starts from (keeps `2o + 2` and
@@ -831,9 +966,10 @@ impl Claimed {
 
 impl Writer {
     /// Claim the next slot for writing in place (steps 1–2 of the protocol:
-    /// the claim CAS and the "writing mark" fence). The caller writes the
-    /// body through the slot memory, then publishes or abandons the claim.
-    /// Until then this writer must not write another slot.
+    /// the reservation if the current one is used up, the odd mark and the
+    /// "writing mark" fence). The caller writes the body through the slot
+    /// memory, then publishes or abandons the claim. Until then this writer
+    /// must not write another slot.
     #[inline]
     pub fn claim<S: SlotMemory + ?Sized>(
         &mut self,
@@ -841,67 +977,36 @@ impl Writer {
         mem: &S,
     ) -> Result<Claimed, WriteError> {
         let geo = mem.geometry();
-        let mut offset = self.next;
-        let mut seq = mem.seq(offset & geo.mask());
-        let mut expected = if offset >= geo.slots {
-            holds(offset - geo.slots)
-        } else {
-            0
-        };
-        let mut waited = 0u32;
-        loop {
-            match seq.compare_exchange(
-                expected,
-                writing(offset),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                // An older value than we assumed (a repaired, abandoned or
-                // never-used slot after a takeover): still ours to claim.
-                Err(actual) if actual < writing(offset) && actual % 2 == 0 => expected = actual,
-                Err(actual) => {
-                    // Someone claimed or published this offset or a later one.
-                    // A successor changes the writer word *before* claiming
-                    // slots and our failed CAS read its claim with Acquire, so
-                    // a word that is no longer ours means we were taken over.
-                    let current = hdr.writer.load(Ordering::Acquire);
-                    if current != self.me {
-                        return Err(WriteError::Fenced { current });
-                    }
-                    if actual == holds(offset) {
-                        // A predecessor we fenced finished one last write of
-                        // this very offset (it passed its check before our
-                        // takeover): that record is whole and stays; ours
-                        // takes the next offset.
-                        offset += 1;
-                        self.next = offset;
-                        seq = mem.seq(offset & geo.mask());
-                        expected = if offset >= geo.slots {
-                            holds(offset - geo.slots)
-                        } else {
-                            0
-                        };
-                        continue;
-                    }
-                    if actual == writing(offset) && waited < LATE_WRITE_WAIT {
-                        // That predecessor is still copying it: let it finish.
-                        waited += 1;
-                        spin_hint();
-                        continue;
-                    }
-                    // Anything else cannot come from a fenced writer of this
-                    // offset: a buggy peer scribbled the word, or a writer
-                    // died mid-copy long ago. Take the slot back instead of
-                    // jamming the partition forever.
-                    expected = actual;
-                }
+        let mut skipped = 0u64;
+        let offset = loop {
+            if self.next >= self.reserved {
+                self.reserve(hdr, 1)?;
             }
-        }
+            let offset = self.next;
+            // An offset already published (a predecessor's last record, or
+            // a resume that started low because a peer scribbled the
+            // cursor or a sequence word) keeps its record; ours takes the
+            // next offset, so a record readers may have consumed is never
+            // rewritten. Bounded: at most a ring of them.
+            if skipped < geo.slots
+                && mem.seq(offset & geo.mask()).load(Ordering::Relaxed) == holds(offset)
+            {
+                skipped += 1;
+                self.next = offset + 1;
+                continue;
+            }
+            break offset;
+        };
+        // A plain store: no other live writer can be writing this slot
+        // (the reservation above is the exclusion, see `reserve`), so there
+        // is nothing to compare against. It also takes back a slot a peer
+        // scribbled.
+        mem.seq(offset & geo.mask())
+            .store(writing(offset), Ordering::Relaxed);
         // SYNC POINT "writing mark": orders the odd mark before the body.
         fence(Ordering::Release);
-        // Ask for a slot a few records ahead now, so its claim finds the
-        // line already owned instead of stalling on the reader's copy.
+        // Ask for a slot a few records ahead now, so its first store finds
+        // the line already owned instead of stalling on the reader's copy.
         mem.prefetch_for_write(offset.wrapping_add(PREFETCH_AHEAD) & geo.mask());
         Ok(Claimed { offset })
     }
@@ -934,5 +1039,37 @@ impl Writer {
         // for a publish; readers then see a value that matches no offset of
         // this slot they may still be waiting for.
         seq.store(holds(offset.wrapping_sub(1)), Ordering::Release);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod claim_word_tests {
+    use super::{claimed_end, pack_claim, MAX_OFFSET};
+
+    #[test]
+    fn claim_word_widens_its_low_half_against_the_resume_point() {
+        let me = 7u64 << 32 | 42;
+        // Plain case: a reservation three offsets past the resume point.
+        assert_eq!(claimed_end(pack_claim(me, 103), 100, 8), Some(103));
+        // Nothing reserved beyond the resume point (fully published, or a
+        // reservation given back): no wait.
+        assert_eq!(claimed_end(pack_claim(me, 100), 100, 8), None);
+        assert_eq!(claimed_end(pack_claim(me, 90), 100, 8), None);
+        // Across a 2^32 boundary of the offsets.
+        let base = (5u64 << 32) - 2;
+        assert_eq!(
+            claimed_end(pack_claim(me, base + 4), base, 8),
+            Some(base + 4)
+        );
+        // More than a ring ahead cannot be a writer's: scribbled, ignored.
+        assert_eq!(claimed_end(pack_claim(me, 100 + 9), 100, 8), None);
+        assert_eq!(claimed_end(u64::MAX, 100, 8), None);
+        // Never beyond MAX_OFFSET.
+        assert_eq!(
+            claimed_end(pack_claim(me, MAX_OFFSET + 1), MAX_OFFSET - 1, 8),
+            None
+        );
+        // The epoch half is the lease's.
+        assert_eq!(pack_claim(me, 103) >> 32, 7);
     }
 }

@@ -36,6 +36,7 @@ pub(crate) fn fence(order: Ordering) {
 
 /// Hint to the CPU that we are spinning (a `pause` on x86).
 #[inline]
+#[cfg_attr(loom, allow(dead_code))] // only the mapped-memory wait paths use it
 pub(crate) fn spin_hint() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
@@ -62,3 +63,56 @@ pub(crate) fn yield_now() {
 pub(crate) const PUBLISH: Ordering = Ordering::Release;
 #[cfg(loom_mutant)]
 pub(crate) const PUBLISH: Ordering = Ordering::Relaxed;
+
+// ---------------------------------------------------------------------------
+// The asymmetric barrier (issue 13): a cheap side on the hot path, a heavy
+// side on the rare path, together as strong as a SeqCst fence on both.
+// ---------------------------------------------------------------------------
+
+/// The hot side of the asymmetric barrier (a writer's publish, a writer's
+/// claim): orders this thread's earlier stores before its later loads *as far
+/// as a [`heavy_barrier`] in any process is concerned*.
+///
+/// With `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` available and this
+/// process registered for it (`crate::os::barrier_mode`), a compiler fence is
+/// enough: the heavy side interrupts every CPU running a thread of a
+/// registered process and makes it execute a full barrier. Otherwise (no
+/// membarrier, registration refused, or not yet decided) a real SeqCst fence,
+/// today's cost. The mode is fixed once per process, before its first write.
+///
+/// Under loom both sides are a SeqCst fence: loom has no asymmetric fence,
+/// and a pair of SeqCst fences gives exactly the guarantee membarrier gives
+/// (of the two program points, the later one sees everything before the
+/// earlier one); see `loom-tests/tests/parking.rs`.
+#[inline]
+pub(crate) fn light_barrier() {
+    #[cfg(not(loom))]
+    {
+        if crate::os::membarrier_registered() {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
+    }
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+}
+
+/// The rare side of the asymmetric barrier (a reader about to park, a writer
+/// taking a partition over): after it, either this thread sees a store that
+/// another thread made before its [`light_barrier`], or that thread's loads
+/// after its light barrier see this thread's stores made before this call.
+///
+/// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` where available (about
+/// 0.1–10 µs), else a SeqCst fence. Under `--cfg loom_mutant_membarrier`
+/// (loom only) it does nothing, and the parking and claim models must catch
+/// the lost ordering.
+#[inline]
+pub(crate) fn heavy_barrier() {
+    #[cfg(not(loom))]
+    crate::os::heavy_barrier();
+    #[cfg(loom)]
+    if !cfg!(loom_mutant_membarrier) {
+        fence(Ordering::SeqCst);
+    }
+}

@@ -200,7 +200,8 @@ impl TopicManager {
             config.max_groups,
             config.max_members,
             config.group_retention.as_millis() as u32,
-        );
+        )
+        .with_timestamp(config.timestamp.code());
         let mut header = header;
         if storage.is_file() {
             header.storage_flags = storage::FLAG_FILE
@@ -357,6 +358,12 @@ impl TopicManager {
         } else {
             SyncPolicy::None
         };
+        let timestamp = crate::config::Timestamp::from_code(h.timestamp).ok_or_else(|| {
+            bad(RegionProblem::BadGeometry(format!(
+                "timestamp clock {}",
+                h.timestamp
+            )))
+        })?;
         let config = TopicConfig {
             partitions: meta_geo.partitions,
             slots: h.slots,
@@ -372,6 +379,7 @@ impl TopicManager {
             expire_files: storage.is_file() && h.storage_flags & storage::FLAG_EXPIRE_FILES != 0,
             storage: storage.clone(),
             sync,
+            timestamp,
         };
         let geo = Geometry::new(config.slots, config.slot_size)
             .ok_or_else(|| bad(crate::region::geometry_problem(h.slots, h.slot_size)))?;

@@ -3,10 +3,15 @@
 //! A reader that wants to block announces itself in the `waiters` count of
 //! every partition it waits on, re-checks their cursors, and only then sleeps
 //! on the topic's `notify` futex word (in the meta header, so one sleep covers
-//! any number of partitions). The writer's cursor update is a SeqCst RMW
-//! followed by a SeqCst load of `waiters` (`ring::Writer::commit`), so either
-//! the reader sees the new cursor or the writer sees the waiter and wakes it:
-//! no lost wake-up, and no syscall on `send` while nobody is parked.
+//! any number of partitions). The writer's cursor update is a plain Release
+//! store followed by a load of `waiters` (`ring::Writer::commit`), ordered by
+//! the hot side of an asymmetric barrier (a compiler fence in a process
+//! registered for `membarrier`, else a SeqCst fence); the parking reader
+//! issues the heavy side (`membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`,
+//! `ring::park_barrier`) between its `waiters` bump and its cursor re-check.
+//! So either the reader sees the new cursor or the writer sees the waiter
+//! and wakes it: no lost wake-up, and no syscall on `send` while nobody is
+//! parked (`loom-tests/tests/parking.rs`).
 //!
 //! The default strategy ([`WaitStrategy::Backoff`]) decides when to park:
 //! it spins while the next record is expected within its budget (judged
@@ -213,6 +218,10 @@ impl Pacer {
     }
 }
 
+/// Longest single sleep of a reader whose process could not register for
+/// membarrier (see `park`).
+const FALLBACK_PARK: Duration = Duration::from_millis(10);
+
 /// `FUTEX_WAKE` calls this process made (see [`wake_stats`]).
 static WAKE_CALLS: AtomicU64 = AtomicU64::new(0);
 /// Sleepers the kernel reported woken by them.
@@ -271,13 +280,23 @@ pub(crate) fn park<'a>(
     for (hdr, _) in parts.clone() {
         hdr.waiters.fetch_add(1, Ordering::SeqCst);
     }
-    // SYNC POINT "park": SeqCst pairs with the writer's SeqCst cursor RMW and
-    // `waiters` load in `ring::Writer::commit`.
+    // SYNC POINT "park": the heavy side of the asymmetric barrier, paired
+    // with the writer's cursor store, light barrier and `waiters` load in
+    // `ring::Writer::commit` (see `ring::park_barrier`).
+    crate::ring::park_barrier();
     let ready = parts
         .clone()
-        .any(|(hdr, offset)| hdr.cursor.load(Ordering::SeqCst) > offset);
+        .any(|(hdr, offset)| hdr.cursor.load(Ordering::Acquire) > offset);
     if !ready {
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if os::barrier_mode() != os::BarrierMode::Membarrier {
+            // Without membarrier our barrier is a plain fence, which does
+            // not order a writer in a process that *could* register (it
+            // publishes behind a compiler fence only). Never possible on one
+            // kernel unless a sandbox refuses membarrier to this process
+            // alone; bound the sleep so such a wake-up is late, not lost.
+            timeout = Some(timeout.map_or(FALLBACK_PARK, |t| t.min(FALLBACK_PARK)));
+        }
         if timeout != Some(Duration::ZERO) {
             os::futex_wait(&meta.notify, seen, timeout);
         }

@@ -29,7 +29,6 @@ use crate::backpressure;
 use crate::consumer::{Consumer, Delivered};
 use crate::error::{Error, Result};
 use crate::headers::HeaderView;
-use crate::os;
 use crate::producer::{Producer, Sent};
 use crate::ring::{self, Claimed, ReadWith};
 use crate::wait;
@@ -268,22 +267,29 @@ impl Producer {
         let hdr = part.header();
         let slots = part.slots();
         let partition = o.partition;
+        // The lease check and the reservation of the loaned offset.
         o.writer
-            .check(hdr, &slots)
+            .reserve(hdr, 1)
             .map_err(|e| inner.write_error(partition, e))?;
         if self.backpressure && o.writer.next_offset() >= o.limit {
-            o.limit = backpressure::wait_for_room(
+            match backpressure::wait_for_room(
                 inner,
                 partition,
                 o.writer.next_offset(),
                 self.send_timeout,
-            )?;
+            ) {
+                Ok(limit) => o.limit = limit,
+                Err(e) => {
+                    o.writer.unreserve(hdr);
+                    return Err(e);
+                }
+            }
         }
         let claim = o
             .writer
             .claim(hdr, &slots)
             .map_err(|e| inner.write_error(partition, e))?;
-        let timestamp_ns = os::realtime_ns();
+        let timestamp_ns = crate::producer::stamp(self.clock);
         slots.begin_loan(claim.offset() & part.geo.mask(), timestamp_ns, len);
         Ok(Loan {
             producer: self,

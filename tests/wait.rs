@@ -391,3 +391,41 @@ fn a_send_makes_no_system_call_once_async_consumers_stopped_waiting() {
     drop((c, part, topic));
     cleanup(guard, mgr);
 }
+
+/// Under `SHMQ_NO_MEMBARRIER=1` a process takes the fallback barrier (a
+/// SeqCst fence on both sides of every Dekker pair).
+#[test]
+fn barrier_mode_is_what_the_environment_asks() {
+    use shmq::protocol::os::{barrier_mode, BarrierMode};
+    if std::env::var_os("SHMQ_NO_MEMBARRIER").is_some_and(|v| v != "0") {
+        assert_eq!(barrier_mode(), BarrierMode::SeqCstFence);
+    }
+}
+
+/// The fallback path keeps both guarantees: re-run the wake-up, the
+/// no-syscall and the mode tests in a child test process (whose own
+/// children inherit the variable) with membarrier turned off.
+#[test]
+fn the_seqcst_fallback_keeps_wakeups_and_zero_syscalls() {
+    if std::env::var_os("SHMQ_NO_MEMBARRIER").is_some() {
+        return; // we are that child run
+    }
+    for test in [
+        "barrier_mode_is_what_the_environment_asks",
+        "a_parked_consumer_is_woken_by_the_next_publish_of_another_process",
+        "a_send_with_no_parked_reader_makes_no_system_call",
+    ] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--test-threads=1"])
+            .env("SHMQ_NO_MEMBARRIER", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{test} under SHMQ_NO_MEMBARRIER=1: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

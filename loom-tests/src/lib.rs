@@ -277,3 +277,12 @@ where
     summary(&format!("mutant\t{name}\t{bound}\t{n}\t{secs:.2}\t{first}"));
     msg
 }
+
+/// Give the partition's writer lease to `word` (the model's only writer owns
+/// it: a plain store, as a free lease's claim would leave it) and resume a
+/// writer with it. A writer checks its lease word whenever it reserves
+/// offsets (`Writer::reserve`), so a model writer must really own the lease.
+pub fn owned_writer(r: &Ring, word: u64) -> shmq::protocol::ring::Writer {
+    r.hdr.writer.store(word, Ordering::Release);
+    shmq::protocol::ring::Writer::resume(&r.hdr, &r.mem, word, loom::thread::yield_now)
+}

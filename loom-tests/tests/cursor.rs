@@ -50,7 +50,7 @@ fn cursor_model() {
             sample(&r, &mut buf, first);
         })
     };
-    let mut w = Writer::resume(&r.hdr, &r.mem, 1, thread::yield_now);
+    let mut w = loom_tests::owned_writer(&r, 1);
     let send = |w: &mut Writer, o: u64| {
         let v = value(o);
         assert_eq!(w.write_slot(&r.hdr, &r.mem, v, None, &record(v)), Ok(o));
@@ -65,7 +65,12 @@ fn cursor_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn cursor_implies_slot() {
     check("cursor_implies_slot", cursor_model);
 }

@@ -222,7 +222,12 @@ fn growth_vs_poll(publish_first: bool, relaxed: bool) {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn growth_vs_poll_and_claim() {
     check("growth_vs_poll_and_claim", || growth_vs_poll(false, false));
 }
@@ -266,13 +271,23 @@ fn two_growers(with_reader: bool) {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn two_growers_race() {
     check("two_growers_race", || two_growers(false));
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn two_growers_and_a_reader() {
     check("two_growers_and_a_reader", || two_growers(true));
 }
@@ -327,13 +342,23 @@ fn grower_dies(stop: Stop) {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn grower_dies_half_made() {
     check("grower_dies[half_made]", || grower_dies(Stop::HalfMade));
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn grower_dies_after_publish() {
     check("grower_dies[after_publish]", || {
         grower_dies(Stop::AfterPublish)
@@ -341,14 +366,24 @@ fn grower_dies_after_publish() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn growth_mutant_publish_before_init_is_caught() {
     let msg = expect_violation("growth_publish_before_init", || growth_vs_poll(true, false));
     assert!(msg.contains("published"), "{msg}");
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn growth_mutant_relaxed_count_is_caught() {
     let msg = expect_violation("growth_relaxed_count", || growth_vs_poll(false, true));
     assert!(msg.contains("published"), "{msg}");

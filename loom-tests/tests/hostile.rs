@@ -132,7 +132,7 @@ fn follow(r: &Ring, start: u64, end: u64, poll: bool) -> (Followed, u64) {
 /// following reader. No scribbler: nothing may be skipped.
 fn honest_model() {
     let r = Arc::new(Ring::new(2));
-    let mut w = Writer::resume(&r.hdr, &r.mem, 1, thread::yield_now);
+    let mut w = loom_tests::owned_writer(&r, 1);
     publish(&r, &mut w, 0);
     let reader = {
         let r = r.clone();
@@ -149,7 +149,12 @@ fn honest_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn stuck_never_skips_on_honest_ring() {
     check("stuck_never_skips_on_honest_ring", honest_model);
 }
@@ -159,7 +164,7 @@ fn stuck_never_skips_on_honest_ring() {
 /// and a reader follows from 0 to 3.
 fn stuck_model() {
     let r = Arc::new(Ring::new(2));
-    let mut w = Writer::resume(&r.hdr, &r.mem, 1, thread::yield_now);
+    let mut w = loom_tests::owned_writer(&r, 1);
     publish(&r, &mut w, 0);
     publish(&r, &mut w, 1);
     let reader = {
@@ -180,7 +185,12 @@ fn stuck_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn stuck_slot_is_skipped() {
     check("stuck_slot_is_skipped", stuck_model);
 }
@@ -192,7 +202,7 @@ const WILD: u64 = 1 << 40;
 /// from 0.
 fn wild_cursor_model() {
     let r = Arc::new(Ring::new(2));
-    let mut w = Writer::resume(&r.hdr, &r.mem, 1, thread::yield_now);
+    let mut w = loom_tests::owned_writer(&r, 1);
     publish(&r, &mut w, 0);
     publish(&r, &mut w, 1);
     let reader = {
@@ -234,7 +244,12 @@ fn wild_cursor_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn wild_cursor_is_repaired() {
     check("wild_cursor_is_repaired", wild_cursor_model);
 }
@@ -244,7 +259,7 @@ fn wild_cursor_is_repaired() {
 fn takeover_model(wild: u64) -> impl Fn() + Sync + Send + 'static {
     move || {
         let r = Arc::new(Ring::new(2));
-        let mut old = Writer::resume(&r.hdr, &r.mem, 1, thread::yield_now);
+        let mut old = loom_tests::owned_writer(&r, 1);
         for o in 0..3 {
             publish(&r, &mut old, o);
         }
@@ -253,7 +268,7 @@ fn takeover_model(wild: u64) -> impl Fn() + Sync + Send + 'static {
             let r = r.clone();
             thread::spawn(move || follow(&r, 1, 4, false))
         };
-        let mut w = Writer::resume(&r.hdr, &r.mem, 2, thread::yield_now);
+        let mut w = loom_tests::owned_writer(&r, 2);
         assert_eq!(
             w.next_offset(),
             3,
@@ -267,7 +282,12 @@ fn takeover_model(wild: u64) -> impl Fn() + Sync + Send + 'static {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn takeover_ignores_wild_cursor() {
     check("takeover_ignores_wild_cursor_high", takeover_model(1 << 63));
     check("takeover_ignores_wild_cursor_zero", takeover_model(0));

@@ -68,7 +68,12 @@ fn renew_vs_reclaim() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn lease_renew_vs_reclaim() {
     check("lease_renew_vs_reclaim", renew_vs_reclaim);
 }
@@ -85,7 +90,7 @@ fn renew_vs_delete() {
     let writer = {
         let r = r.clone();
         thread::spawn(move || {
-            let w = Writer::resume(&r.hdr, &r.mem, 0, thread::yield_now);
+            let w = loom_tests::owned_writer(&r, 0);
             let seen = lease::is_reclaimed(&r.hdr.lease);
             (seen, w.check(&r.hdr, &r.mem))
         })
@@ -111,7 +116,12 @@ fn renew_vs_delete() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn lease_renew_vs_delete() {
     check("lease_renew_vs_delete", renew_vs_delete);
 }

@@ -1,50 +1,89 @@
 //! The parking handshake under loom: no lost wake-up.
 //!
-//! Writer side: `Writer::commit` (the cursor's SeqCst `fetch_max`, then a
-//! SeqCst load of `waiters`) and, if it saw a waiter, `wait::wake_all`
-//! (`notify += 1`, then FUTEX_WAKE). Reader side, as `wait::park` does it
-//! (that module is not compiled under loom, so its steps are repeated here
-//! with the same orderings): load `notify` (Acquire), `waiters += 1`
-//! (SeqCst), re-check the cursor (SeqCst), sleep on `notify` only if nothing
-//! is new, `waiters -= 1`.
+//! Writer side: `Writer::commit` (a plain Release store of the cursor, the hot
+//! side of the asymmetric barrier, a load of `waiters`) and, if it saw a
+//! waiter, `wait::wake_all` (`notify += 1`, then FUTEX_WAKE). Reader side, as
+//! `wait::park` does it (that module is not compiled under loom, so its steps
+//! are repeated here with the same orderings and the same barrier call): load
+//! `notify` (Acquire), `waiters += 1` (SeqCst), `ring::park_barrier()` (the
+//! heavy side), re-check the cursor (Acquire), sleep on `notify` only if
+//! nothing is new, `waiters -= 1`.
+//!
+//! # Modelling membarrier
+//!
+//! In production the hot side is a compiler fence (the process registered
+//! for `MEMBARRIER_CMD_GLOBAL_EXPEDITED`) and the heavy side is the
+//! `membarrier` syscall, which makes every CPU running a registered thread
+//! execute a full barrier before it returns. Its guarantee: take the point P
+//! at which the writer's CPU executed that barrier; everything the writer
+//! stored before P is visible to the parker after the syscall, and every load
+//! the writer makes after P sees what the parker stored before the syscall.
+//! Since the writer's store and its load are adjacent in program order, P
+//! falls either after the store (the parker's re-check sees the cursor) or
+//! before the load (the writer sees the waiter): the same two outcomes as a
+//! SeqCst fence on *both* sides. loom has no asymmetric fence, so under
+//! `cfg(loom)` both sides are `fence(SeqCst)` (`sync::light_barrier` and
+//! `sync::heavy_barrier`); loom orders SeqCst fences in one total order and
+//! the later one acquires everything before the earlier one, which is the
+//! membarrier guarantee above. That the model depends on the parking side's
+//! barrier is proved by the mutant `loom_mutant_membarrier`, which removes
+//! it (`heavy_barrier` does nothing): `mutant_missing_park_barrier_is_caught`
+//! must fail the model, and `.ci/loom.sh` checks that it does.
 //!
 //! The futex is emulated with a loom `Mutex` + `Condvar`: `wait` sleeps only
 //! if the word still equals the value the reader saw (checked under the lock,
 //! as the kernel checks it under its hash-bucket lock); `wake` takes the lock
-//! and notifies. A lost wake-up leaves the reader asleep forever, which loom
-//! reports as a deadlock; the model also asserts the Dekker property itself.
+//! and notifies every sleeper (a woken reader re-checks and may park again,
+//! as in production: a wake-up can be stale, meant for an earlier record).
+//! When the writer is done it counts the readers still asleep (and wakes
+//! them so the model ends): a reader asleep then, or about to sleep on an
+//! unchanged word after that, has lost its wake-up, and the model fails with
+//! a violation (rather than a loom deadlock, so a mutant run can tell the
+//! two apart). (A first version asserted that every wake-up changed
+//! `notify`; loom at bound 3 showed that a reader can be woken by the
+//! FUTEX_WAKE of an earlier record and legitimately see the old word.)
 #![cfg(loom)]
 
-use loom::sync::atomic::{AtomicU32, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 use loom_tests::{check, decode, record, Ring, VIOLATION};
-use shmq::protocol::ring::{self, ReadOutcome, RecordBuf, Writer};
+use shmq::protocol::ring::{self, ReadOutcome, RecordBuf};
 
 fn value(offset: u64) -> u64 {
     300 + offset
 }
 
-/// A futex word's kernel side.
+/// A futex word's kernel side. The mutex guards the number of threads
+/// asleep (set back to 0 by every wake, which wakes them all).
 #[derive(Default)]
 struct Futex {
-    lock: Mutex<()>,
+    lock: Mutex<usize>,
     cv: Condvar,
 }
 
 impl Futex {
     /// FUTEX_WAIT: sleep until woken, unless `word != expected` already.
-    fn wait(&self, word: &AtomicU32, expected: u32) {
-        let guard = self.lock.lock().unwrap();
+    /// Returns `false` if the writer is already `done` and the word still
+    /// equals `expected`: the caller was about to sleep with nobody left to
+    /// wake it (a lost wake-up).
+    fn wait(&self, word: &AtomicU32, expected: u32, done: &AtomicBool) -> bool {
+        let mut asleep = self.lock.lock().unwrap();
         if word.load(Ordering::SeqCst) == expected {
-            drop(self.cv.wait(guard).unwrap());
+            if done.load(Ordering::SeqCst) {
+                return false;
+            }
+            *asleep += 1;
+            drop(self.cv.wait(asleep).unwrap());
         }
+        true
     }
 
-    /// FUTEX_WAKE of every sleeper.
-    fn wake(&self) {
-        let _guard = self.lock.lock().unwrap();
+    /// FUTEX_WAKE of every sleeper. Returns how many were asleep.
+    fn wake(&self) -> usize {
+        let mut asleep = self.lock.lock().unwrap();
         self.cv.notify_all();
+        std::mem::take(&mut *asleep)
     }
 }
 
@@ -52,6 +91,8 @@ impl Futex {
 struct Wake {
     notify: AtomicU32,
     futex: Futex,
+    /// The writer has finished (set before its last, `notify`-less wake).
+    done: AtomicBool,
 }
 
 fn parking_model() {
@@ -68,6 +109,7 @@ fn parking_model() {
     let wake = Arc::new(Wake {
         notify: AtomicU32::new(0),
         futex: Futex::default(),
+        done: AtomicBool::new(false),
     });
 
     // Reader `o` waits for offset `o` (reader 1 may be woken by the first
@@ -85,10 +127,18 @@ fn parking_model() {
                     // `wait::park`.
                     let seen = wake.notify.load(Ordering::Acquire);
                     r.hdr.waiters.fetch_add(1, Ordering::SeqCst);
-                    let ready = r.hdr.cursor.load(Ordering::SeqCst) > o;
+                    ring::park_barrier();
+                    let ready = r.hdr.cursor.load(Ordering::Acquire) > o;
                     if !ready {
                         slept = true;
-                        wake.futex.wait(&wake.notify, seen);
+                        // A wake-up may be stale (FUTEX_WAKE for an
+                        // earlier record): the loop re-checks, as
+                        // `wait::park`'s callers do.
+                        assert!(
+                            wake.futex.wait(&wake.notify, seen, &wake.done),
+                            "{VIOLATION}: lost wake-up: reader {o} is going to sleep with \
+                             nothing new after the writer finished"
+                        );
                     }
                     r.hdr.waiters.fetch_sub(1, Ordering::SeqCst);
                 }
@@ -105,7 +155,7 @@ fn parking_model() {
         })
         .collect();
 
-    let mut w = Writer::resume(&r.hdr, &r.mem, 1, thread::yield_now);
+    let mut w = loom_tests::owned_writer(&r, 1);
     let mut saw_waiter = false;
     for o in 0..2 {
         let v = value(o);
@@ -117,6 +167,14 @@ fn parking_model() {
             wake.futex.wake();
         }
     }
+    // The end: a reader still asleep now has lost its wake-up (the writer
+    // will never wake it again). Wake it anyway so the model ends.
+    wake.done.store(true, Ordering::SeqCst);
+    let asleep = wake.futex.wake();
+    assert_eq!(
+        asleep, 0,
+        "{VIOLATION}: lost wake-up: a reader is asleep with nothing new after the writer finished"
+    );
     let slept: Vec<bool> = readers.into_iter().map(|h| h.join().unwrap()).collect();
     let slept = slept.contains(&true);
     // The Dekker pair: if a reader decided to sleep, a commit saw a waiter.
@@ -135,7 +193,24 @@ fn parking_model() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn parking_no_lost_wakeup() {
     check("parking_no_lost_wakeup", parking_model);
+}
+
+/// Under `--cfg loom_mutant_membarrier` the parking side's barrier
+/// (`ring::park_barrier`, membarrier in production) does nothing: the
+/// reader's cursor re-check and the writer's `waiters` load can both miss
+/// the other's store, and a reader sleeps through the record it waits for.
+/// The model must fail with a model violation.
+#[test]
+#[cfg(loom_mutant_membarrier)]
+fn mutant_missing_park_barrier_is_caught() {
+    let msg = loom_tests::expect_violation("missing_park_barrier", parking_model);
+    assert!(msg.contains(VIOLATION), "failed for another reason: {msg}");
 }

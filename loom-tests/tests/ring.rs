@@ -89,7 +89,7 @@ fn reader(r: &Ring, start: u64, total: u64, until: Until) -> Seen {
 fn ring_model(total: u64, prefix: u64, second: bool) -> impl Fn() + Sync + Send + 'static {
     move || {
         let r = Arc::new(Ring::new(2));
-        let mut w = Writer::resume(&r.hdr, &r.mem, 1, thread::yield_now);
+        let mut w = loom_tests::owned_writer(&r, 1);
         let publish = |w: &mut Writer, o: u64| {
             let v = value(o);
             let got = w.write_slot(&r.hdr, &r.mem, v, None, &record(v));
@@ -142,7 +142,12 @@ fn ring_model(total: u64, prefix: u64, second: bool) -> impl Fn() + Sync + Send 
 /// reader A (from 0, to the final cursor) and reader B (from `earliest`,
 /// polling) copy.
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn ring_wrap_two_readers() {
     check("ring_wrap_two_readers", ring_model(3, 2, true));
 }
@@ -150,14 +155,24 @@ fn ring_wrap_two_readers() {
 /// Offset 0 is published first; offsets 1–3 are written concurrently with
 /// one reader, so both slots are overwritten under its feet.
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn ring_double_wrap_one_reader() {
     check("ring_double_wrap_one_reader", ring_model(4, 1, false));
 }
 
 /// An empty ring: every claim, publish and the first wrap race the reader.
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn ring_from_empty_one_reader() {
     check("ring_from_empty_one_reader", ring_model(3, 0, false));
 }

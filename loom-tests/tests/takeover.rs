@@ -187,7 +187,12 @@ fn after_death(death: Death) -> impl Fn() + Sync + Send + 'static {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn takeover_after_death() {
     for death in [
         Death::BeforeClaim,
@@ -265,7 +270,12 @@ fn live_late_write() {
 }
 
 #[test]
-#[cfg(not(any(loom_mutant, loom_mutant_fence)))]
+#[cfg(not(any(
+    loom_mutant,
+    loom_mutant_fence,
+    loom_mutant_membarrier,
+    loom_mutant_claim
+)))]
 fn takeover_vs_live_late_write() {
     check("takeover_vs_live_late_write", live_late_write);
 }

@@ -141,6 +141,13 @@ fn one_mode_with_several_runs_reports_medians_of_that_mode() {
     let (doc, pid) = run_bench(&["latency", "--runs", "3", "--scale", "0.01", "--size", "128"]);
     assert_eq!(doc["setup"]["runs"], 3);
     assert_eq!(doc["setup"]["latency_size"], 128);
+    // The header names the wake-up path that ran (membarrier on this
+    // kernel, or the SeqCst fallback).
+    let wakeup = doc["setup"]["wakeup"].as_str().unwrap_or_default();
+    assert!(
+        wakeup.starts_with("membarrier(GLOBAL_EXPEDITED)") || wakeup.starts_with("SeqCst fence"),
+        "{wakeup:?}"
+    );
     let runs = doc["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 3);
     let m = doc["median"].as_object().unwrap();

@@ -171,6 +171,25 @@ pub fn run(ns: &str, args: BenchArgs) -> CliResult {
     Ok(())
 }
 
+/// Which wake-up / claim barrier the bench's processes use: every process of
+/// shmq decides once (`shmq::protocol::os::barrier_mode`), and the bench's
+/// children run this binary on this kernel with this environment, so this
+/// process's decision is theirs (`SHMQ_NO_MEMBARRIER=1` forces the fallback
+/// in all of them).
+fn wakeup_path() -> String {
+    use shmq::protocol::os::{barrier_mode, BarrierMode};
+    match barrier_mode() {
+        BarrierMode::Membarrier => format!(
+            "{} (send: plain cursor store + compiler fence; park/takeover: membarrier)",
+            BarrierMode::Membarrier.name()
+        ),
+        BarrierMode::SeqCstFence => format!(
+            "{} (send and park: SeqCst fence)",
+            BarrierMode::SeqCstFence.name()
+        ),
+    }
+}
+
 /// Remove whatever the bench left in its namespace (topics, scratch regions,
 /// dead children's tokens).
 fn cleanup(ns: &str) {
@@ -538,6 +557,7 @@ impl Summary {
             "latency_size": args.size,
             "placement": placement,
             "scale": args.scale,
+            "wakeup": wakeup_path(),
         })
     }
 
@@ -671,9 +691,10 @@ impl Summary {
         let g = |k: &str| self.get(k);
         let _ = writeln!(
             s,
-            "shmq bench: two processes, {placement}; {} run(s), median of each figure\n",
+            "shmq bench: two processes, {placement}; {} run(s), median of each figure",
             self.runs
         );
+        let _ = writeln!(s, "wake-up path: {}\n", wakeup_path());
         if g("lat.raw.p50").is_some() {
             let _ = writeln!(s, "LATENCY: round trip, {} B (ns)          p50      p90      p99    p99.9      max   ratio", args.size);
             let row = |s: &mut String, name: &str, key: &str, ratio: String| {
