@@ -168,6 +168,7 @@ mod filter;
 mod group;
 #[cfg(not(loom))]
 mod group_table;
+#[cfg(not(loom))]
 mod headers;
 #[cfg(not(loom))]
 mod iter;
@@ -225,6 +226,7 @@ pub use dlq::{
 pub use error::{Error, RegionProblem, Result};
 #[cfg(not(loom))]
 pub use group::{ConsumerGroup, GroupConsumer, GroupOptions, DEFAULT_STALE_AFTER, MIN_STALE_AFTER};
+#[cfg(not(loom))]
 pub use headers::{HeaderIter, HeaderView, Headers, MAX_HEADERS, MAX_HEADER_NAME};
 #[cfg(not(loom))]
 pub use iter::Iter;
