@@ -30,7 +30,6 @@ use loom::sync::atomic::{AtomicU32, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 use loom_tests::{check, record, Ring, VIOLATION};
-use shmq::protocol::ring::Writer;
 
 /// A futex word's kernel side, with a stop that ends any sleep (the real
 /// hub's nap, or its `Drop`, which wakes it until it exits).
@@ -139,6 +138,8 @@ fn hub_model(seen_after_scan: bool) -> impl Fn() + Sync + Send + 'static {
                 let mut st = s.hub.lock().unwrap();
                 st.armed = true;
                 s.ring.hdr.waiters.fetch_add(1, Ordering::SeqCst);
+                // The heavy side of the asymmetric barrier, as `arm` does.
+                shmq::protocol::ring::park_barrier();
                 let ready = s.ring.hdr.cursor.load(Ordering::SeqCst) > 0;
                 if ready {
                     st.armed = false;
@@ -153,7 +154,7 @@ fn hub_model(seen_after_scan: bool) -> impl Fn() + Sync + Send + 'static {
         };
 
         // The writer publishes offset 0.
-        let mut w = Writer::resume(&s.ring.hdr, &s.ring.mem, 1, thread::yield_now);
+        let mut w = loom_tests::owned_writer(&s.ring, 1);
         assert_eq!(
             w.write_slot(&s.ring.hdr, &s.ring.mem, 7, None, &record(7)),
             Ok(0)

@@ -16,11 +16,12 @@
 //!
 //! A consumer that found nothing *arms* its slot: under the hub's lock it
 //! stores its waker and the `(partition, next offset)` pairs it waits for,
-//! and adds itself to each partition's `waiters` count (SeqCst); after the
-//! lock it re-checks each cursor (SeqCst). Either that re-check sees the new
-//! record, or the writer's SeqCst cursor update is followed by a load of
-//! `waiters` that sees the announcement, and the writer bumps `notify` and
-//! calls `FUTEX_WAKE` (see `crate::wait`). The hub loads `notify` *before*
+//! adds itself to each partition's `waiters` count (SeqCst), issues the
+//! heavy side of the asymmetric barrier (`ring::park_barrier`: membarrier,
+//! or a SeqCst fence in the fallback), then re-checks each cursor. Either
+//! that re-check sees the new record, or the writer's cursor store, light
+//! barrier and load of `waiters` see the announcement, and the writer bumps
+//! `notify` and calls `FUTEX_WAKE` (see `crate::wait`). The hub loads `notify` *before*
 //! it scans the armed slots and sleeps only while `notify` still holds that
 //! value, so a publish after the scan ends the sleep at once and one before
 //! it is seen by the scan. Nothing is lost, and a publish while no consumer
@@ -109,8 +110,8 @@ struct HubShared {
 fn announce(inner: &TopicInner, parts: &[(u32, u64)], add: bool) {
     for &(p, _) in parts {
         if let Some(part) = inner.mapped(p) {
-            // SYNC POINT "park" (see `crate::wait::park`): SeqCst, totally
-            // ordered with the writer's cursor RMW and `waiters` load.
+            // SYNC POINT "park" (see `crate::wait::park`); the caller then
+            // issues `ring::park_barrier` before its re-check.
             if add {
                 part.header().waiters.fetch_add(1, Ordering::SeqCst);
             } else {
@@ -327,6 +328,12 @@ impl HubSlot {
         slot.grown_past = grown_past;
         slot.armed = true;
         announce(inner, &slot.parts, true);
+        // SYNC POINT "park": the heavy side of the asymmetric barrier
+        // (membarrier, or a SeqCst fence in the fallback), paired with the
+        // writer's cursor store, light barrier and `waiters` load in
+        // `ring::Writer::commit`, exactly as a parking blocking reader does
+        // (`crate::wait::park`). One system call per arm, never per send.
+        crate::ring::park_barrier();
         st.armed += 1;
         // The re-check after the announcement (the reader's half of SYNC
         // POINT "park").
