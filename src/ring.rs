@@ -569,8 +569,19 @@ pub fn scan_end<S: SlotMemory + ?Sized>(mem: &S) -> u64 {
     let geo = mem.geometry();
     let cap = resume_cap(geo);
     let mut held: Vec<u64> = Vec::new();
+    // Slots never written (sequence word 0) vote too: a ring that wrapped
+    // has none, so they say the end lies in the first lap, beyond them. On
+    // a young ring a single forged word (say "holds 128" on slot 0 of a
+    // ring that has written offsets 0..5) must not outvote them, or a
+    // resume would start past a slot whose body was never written and a
+    // reader would get that empty body as a record.
+    let mut empty: Vec<u64> = Vec::new();
     for i in 0..geo.slots {
         let s = mem.seq(i).load(Ordering::Acquire);
+        if s == 0 {
+            empty.push(i);
+            continue;
+        }
         if s < 2 || s % 2 != 0 {
             continue;
         }
@@ -580,13 +591,20 @@ pub fn scan_end<S: SlotMemory + ?Sized>(mem: &S) -> u64 {
         }
     }
     held.sort_unstable();
-    let need = held.len().div_ceil(2);
+    let need = (held.len() + empty.len()).div_ceil(2);
     for j in (0..held.len()).rev() {
         let x = held[j];
-        // Slots whose offsets lie in (x - slots, x]: the ring ending at x.
+        // Slots whose offsets lie in (x - slots, x]: the ring ending at x,
+        // plus, while that ring is in its first lap, the empty slots
+        // beyond x (`empty` is in slot order).
         let lowest = x.saturating_sub(geo.slots - 1);
         let first = held.partition_point(|&v| v < lowest);
-        if j + 1 - first >= need {
+        let unwritten = if x < geo.slots {
+            empty.len() - empty.partition_point(|&i| i <= x)
+        } else {
+            0
+        };
+        if j + 1 - first + unwritten >= need {
             return x + 1;
         }
     }

@@ -185,6 +185,47 @@ fn stalled_slot(word: impl Fn(u64) -> u64, tag: &str) {
     g.finish();
 }
 
+/// A forged future lap on a young ring: slot 0 set to "holds 128" before the
+/// first send made the first producer's resume disbelieve the cursor (0) and
+/// take the end from the slots, where that one word won the vote, so the
+/// writer started at 129 and readers got slot 0's never-written body as a
+/// 0-byte record at offset 128 (the suite's "bad record at 0@128: 0 bytes").
+/// Never-written slots now vote for a first-lap end.
+#[test]
+fn forged_future_lap_on_a_young_ring_is_outvoted() {
+    let g = ShmGuard::new("younglap");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut c = Consumer::new(&t, "g").unwrap();
+        c.seek(SeekPolicy::Earliest).unwrap();
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        map.u64_at(slot_off(64, 0))
+            .store(holds(16), Ordering::SeqCst);
+        let mut p = Producer::new(&t).unwrap();
+        for i in 0..3u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        assert_eq!(t.write_offset(0).unwrap(), 3, "the writer starts at 0");
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while got.len() < 3 && Instant::now() < deadline {
+            for r in c.poll_timeout(16, Duration::from_millis(10)).unwrap() {
+                assert_eq!(r.value.len(), 8, "an empty body delivered at {}", r.offset);
+                got.push((
+                    r.offset,
+                    u64::from_le_bytes(r.value[..].try_into().unwrap()),
+                ));
+            }
+        }
+        assert_eq!(got, vec![(0, 0), (1, 1), (2, 2)]);
+        drop((c, p, t));
+    }
+    g.finish();
+}
+
 /// Defect 6: the `seq` of an unread slot set to 0 on a backpressure topic
 /// left the consumer at `NotYet` and the producer `Full` forever.
 #[test]
