@@ -102,6 +102,7 @@ impl Drop for Map {
 const P_EXPIRY: usize = 0x40;
 const P_WRITER: usize = 0x50;
 const P_CURSOR: usize = 0x80;
+const P_CLAIM: usize = 0x140;
 const M_EXPIRY: usize = 0x40;
 
 fn slot_off(slot_size: u64, index: u64) -> usize {
@@ -537,6 +538,17 @@ fn scribbled_group_state_and_name_are_repaired_by_members() {
             .collect();
         assert_eq!(names, ["members", "other"], "the group was found by name");
         drop(again);
+        // All at once (seen in the suite: the member got `GroupDeleted` at
+        // every poll for good): the state, the name's length, and our
+        // member entry's id and pid. The name's bytes are still ours.
+        let me = META_HEADER + layout::LINE;
+        state.store(1, Ordering::SeqCst);
+        meta.u32_at(META_HEADER + 8).store(23, Ordering::SeqCst);
+        meta.u64_at(me).store(0x590b8, Ordering::SeqCst);
+        meta.u32_at(me + 16).store(0xdead, Ordering::SeqCst);
+        expect_next(&mut c, &mut p, "state, name_len, id and pid");
+        assert_eq!(state.load(Ordering::SeqCst), ready, "state not put back");
+        assert_eq!(meta.u32_at(META_HEADER + 8).load(Ordering::SeqCst), 7);
         drop((c, p, meta, t));
     }
     g.finish();
@@ -783,6 +795,73 @@ fn producer_role(ns: &str, topic: &str, secs: u64) {
     ]);
 }
 
+/// Print the shared words a stalled consumer depends on: each partition's
+/// cursor, writer, claim and lease words and the slot words around the
+/// cursor, and the first groups' header, member and partition lines.
+fn dump_words(ns: &str, topic: &str, who: &str) {
+    let gsize = group_size(layout::DEFAULT_MAX_PARTITIONS.max(PARTS), MEMBER_CAPACITY);
+    for p in 0..PARTS {
+        let m = Map::open(&shmq::protocol::name::partition_region(ns, topic, p));
+        let cursor = m.u64_at(P_CURSOR).load(Ordering::Relaxed);
+        let seqs: Vec<String> = (0..SLOTS)
+            .map(|i| {
+                let s = m.u64_at(slot_off(SLOT, i)).load(Ordering::Relaxed);
+                if s >= 2 && s % 2 == 0 {
+                    format!("{}", s / 2 - 1)
+                } else {
+                    format!("{s:#x}")
+                }
+            })
+            .collect();
+        eprintln!(
+            "hostile-stall {who} {topic} p{p}: cursor {cursor} writer {:#x} claim {:#x} expiry {} slots(held offset or raw) {}",
+            m.u64_at(P_WRITER).load(Ordering::Relaxed),
+            m.u64_at(P_CLAIM).load(Ordering::Relaxed),
+            m.u64_at(P_EXPIRY).load(Ordering::Relaxed),
+            seqs.join(" ")
+        );
+    }
+    let meta = Map::open(&shmq::protocol::name::meta_region(ns, topic));
+    for g in 0..4 {
+        let base = META_HEADER + g * gsize;
+        let members: Vec<String> = (0..4)
+            .map(|i| {
+                let e = base + layout::LINE + i * layout::LINE;
+                format!(
+                    "[id {:#x} hb {} pid {} role {} lo {} hi {}]",
+                    meta.u64_at(e).load(Ordering::Relaxed),
+                    meta.u64_at(e + 8).load(Ordering::Relaxed),
+                    meta.u32_at(e + 16).load(Ordering::Relaxed),
+                    meta.u32_at(e + 20).load(Ordering::Relaxed),
+                    meta.u64_at(e + 24).load(Ordering::Relaxed),
+                    meta.u64_at(e + 32).load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        let lines: Vec<String> = (0..PARTS as usize)
+            .map(|p| {
+                let gp = base
+                    + layout::LINE
+                    + MEMBER_CAPACITY as usize * layout::LINE
+                    + p * layout::LINE;
+                let w: Vec<String> = (0..5)
+                    .map(|f| format!("{:#x}", meta.u64_at(gp + 8 * f).load(Ordering::Relaxed)))
+                    .collect();
+                format!("p{p}(committed,owner,next,nacks,dlq)={}", w.join(","))
+            })
+            .collect();
+        eprintln!(
+            "hostile-stall {who} {topic} group {g}: state {:#x} name_len {} stale_ms {} last_active {} members {} {}",
+            meta.u64_at(base).load(Ordering::Relaxed),
+            meta.u32_at(base + 8).load(Ordering::Relaxed),
+            meta.u32_at(base + 12).load(Ordering::Relaxed),
+            meta.u64_at(base + 56).load(Ordering::Relaxed),
+            members.join(" "),
+            lines.join(" ")
+        );
+    }
+}
+
 /// Child: read with one of the consumer kinds until `secs` pass, checking
 /// every record's checksum, committing as it goes.
 fn consumer_role(ns: &str, topic: &str, kind: &str, secs: u64) {
@@ -898,6 +977,15 @@ fn consumer_role(ns: &str, topic: &str, kind: &str, secs: u64) {
         }
         other => panic!("unknown consumer kind {other}"),
     };
+    // A consumer idle for its last 3 s (the scribbler stopped 5 s before
+    // the end): print the words it depends on, for the suite's failure.
+    if start.elapsed().as_millis() as u64 > last_ms + 3000 {
+        eprintln!(
+            "hostile-stall {kind} {topic}: last record at {last_ms} ms, now {} ms",
+            start.elapsed().as_millis()
+        );
+        dump_words(ns, topic, kind);
+    }
     report(&[
         ("records", records),
         ("bad", bad),
