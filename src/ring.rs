@@ -283,6 +283,19 @@ impl Writer {
             && believable(mem, raw)
             && mem.seq(raw & geo.mask()).load(Ordering::Acquire) < holds(raw + geo.slots);
         let mut next = if believed { raw } else { scan_end(mem) };
+        // A believed cursor whose last slot does not hold exactly `raw - 1`
+        // (a cursor of 0, or a later lap there) passed only because its own
+        // slot was scribbled low too (e.g. cursor and slot 0 both set to 0):
+        // resuming there would restart the ring far below offsets readers
+        // already consumed, and they would wait for the writer to come back
+        // up (the README's known gap). Never resume below the end the slots
+        // prove (cold: only on such a cursor, e.g. a fresh ring).
+        if believed
+            && (raw == 0
+                || mem.seq((raw - 1) & geo.mask()).load(Ordering::Acquire) != holds(raw - 1))
+        {
+            next = next.max(scan_end(mem));
+        }
         // SYNC POINT "claim" (heavy side): our lease CAS on the writer word
         // came first; after this barrier, either a predecessor still running
         // sees our word at its next reservation (and touches no slot), or we

@@ -227,6 +227,42 @@ fn forged_future_lap_on_a_young_ring_is_outvoted() {
     g.finish();
 }
 
+/// The README's known gap: cursor and slot 0 both scribbled to 0 on a
+/// wrapped ring passed every check on the cursor (0 is believable, and its
+/// own slot no longer holds a later lap), so the next writer restarted the
+/// ring at offset 0, far below what readers had consumed (seen in the suite
+/// as overwrite-topic consumers idle for good, the writer millions below
+/// them). A resume never starts below the end the slots show.
+#[test]
+fn cursor_and_slot_zero_scribbled_do_not_restart_the_ring() {
+    let g = ShmGuard::new("restart");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        for i in 0..20u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        drop(p);
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        map.u64_at(P_CURSOR).store(0, Ordering::SeqCst);
+        map.u64_at(slot_off(64, 0)).store(0, Ordering::SeqCst);
+        let mut p = Producer::new(&t).unwrap();
+        p.try_send(b"next").unwrap();
+        assert_eq!(
+            map.u64_at(slot_off(64, 4)).load(Ordering::SeqCst),
+            holds(20),
+            "the writer went on at 20 (slot 0 holds {:#x})",
+            map.u64_at(slot_off(64, 0)).load(Ordering::SeqCst)
+        );
+        assert_eq!(t.write_offset(0).unwrap(), 21);
+        drop((p, map, t));
+    }
+    g.finish();
+}
+
 /// Defect 6: the `seq` of an unread slot set to 0 on a backpressure topic
 /// left the consumer at `NotYet` and the producer `Full` forever.
 #[test]
@@ -750,12 +786,28 @@ fn producer_role(ns: &str, topic: &str, secs: u64) {
     let (mut sent, mut fenced, mut full, mut held, mut expired) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut seq = 0u64;
     let mut p: Option<Producer> = None;
+    let mut highest = [0u64; PARTS as usize];
+    let start = Instant::now();
     tell_parent("ready", 1);
     while Instant::now() < deadline {
         let prod = match p.as_mut() {
             Some(prod) => prod,
             None => match Producer::new(&t) {
-                Ok(prod) => p.insert(prod.with_send_timeout(Some(Duration::from_millis(20)))),
+                Ok(prod) => {
+                    // A resume far below what this process already wrote
+                    // strands readers ahead (README known gap): say so.
+                    for (i, hi) in highest.iter_mut().enumerate() {
+                        let now = t.write_offset(i as u32).unwrap_or(0);
+                        if now.saturating_add(SLOTS) < *hi {
+                            eprintln!(
+                                "hostile-reset {topic} p{i}: resumed at {now} below {hi} at {} ms",
+                                start.elapsed().as_millis()
+                            );
+                        }
+                        *hi = (*hi).max(now);
+                    }
+                    p.insert(prod.with_send_timeout(Some(Duration::from_millis(20))))
+                }
                 Err(Error::PartitionHeld { .. }) => {
                     held += 1;
                     std::thread::sleep(Duration::from_millis(2));
