@@ -1131,6 +1131,15 @@ fn scribbler_role(ns: &str, topics: &[String], secs: u64, seed: u64) {
                     _ => rng.next(),
                 };
                 // Never the exact forgery "holds o" (see the module docs).
+                // `holds(o + SLOTS * k)` (k = 3 above) is that forgery for a
+                // later offset of the same slot: the writer keeps a slot
+                // that already holds its next offset, so readers get the
+                // slot's older body there. Its payload is intact (the
+                // checksum covers the payload, not the offset), so the
+                // suite cannot tell and the README allows it; on a young
+                // ring the body could be one never written (0 bytes), which
+                // `scan_end` now outvotes (see
+                // `forged_future_lap_on_a_young_ring_is_outvoted`).
                 if v != holds(o) {
                     m.u64_at(slot).store(v, Ordering::Relaxed);
                     *counts.entry("seq").or_default() += 1;
