@@ -716,6 +716,11 @@ pub struct CursorCache {
     cursor_loads: u64,
     /// Where the last lap sent this reader (see [`CursorCache::after_lap`]).
     lap_resume: Option<u64>,
+    /// Sightings of a proven cursor more than a ring below the reader (see
+    /// [`CursorCache::take_rewind`]).
+    behind: u32,
+    /// Where such a cursor sends the reader back to, once proven.
+    rewind: Option<u64>,
 }
 
 /// A caught-up reader that finds the slot it watches unpublished loads the
@@ -783,13 +788,50 @@ impl CursorCache {
         // SYNC POINT "cursor": Acquire, pairs with `Writer::commit`.
         let raw = latest(hdr);
         if raw <= next {
+            self.writer_behind(mem, raw, next);
             return false;
         }
+        self.behind = 0;
         if believable(mem, raw) {
             self.end = raw;
             return true;
         }
         self.wild_cursor(raw)
+    }
+
+    /// A cursor more than a ring below the reader whose last slot holds
+    /// exactly `raw - 1` is no scribble of the cursor alone: the writer
+    /// really stands there (a takeover restarted the ring below what this
+    /// reader consumed, after a peer scribbled the cursor and slots). No
+    /// real writer leaves a reader that far ahead (a cursor lags the slots
+    /// by at most one reservation, a ring), so after [`STUCK_CHECKS`]
+    /// sightings the reader goes back to the writer's position
+    /// ([`CursorCache::take_rewind`]) and counts it as damage, instead of
+    /// waiting for the writer to come back up.
+    #[cold]
+    fn writer_behind<S: SlotMemory + ?Sized>(&mut self, mem: &S, raw: u64, next: u64) {
+        let geo = mem.geometry();
+        let proven = raw > 0
+            && raw.saturating_add(geo.slots) < next
+            && mem.seq((raw - 1) & geo.mask()).load(Ordering::Acquire) == holds(raw - 1);
+        if !proven {
+            self.behind = 0;
+            return;
+        }
+        self.behind = self.behind.saturating_add(1);
+        if self.behind >= STUCK_CHECKS {
+            self.behind = 0;
+            self.end = raw;
+            self.stuck = Stuck::default();
+            self.rewind = Some(raw);
+            self.damage = self.damage.saturating_add(1);
+        }
+    }
+
+    /// Where the reader must go back to, if [`CursorCache::may_read`] found
+    /// the writer proven more than a ring below it (see `writer_behind`).
+    pub fn take_rewind(&mut self) -> Option<u64> {
+        self.rewind.take()
     }
 
     #[cold]

@@ -263,6 +263,51 @@ fn cursor_and_slot_zero_scribbled_do_not_restart_the_ring() {
     g.finish();
 }
 
+/// The reader's half of the known gap: a writer proven (its cursor, and
+/// the slot before it holding exactly that offset) more than a ring below a
+/// reader used to leave the reader waiting until the writer came back up
+/// (the suite's overwrite-topic plain consumer idle for good after a
+/// takeover restarted the ring). The reader goes back to the writer and
+/// counts it as damage.
+#[test]
+fn reader_far_ahead_of_a_proven_writer_goes_back_to_it() {
+    let g = ShmGuard::new("rewind");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut c = Consumer::new(&t, "g").unwrap();
+        c.seek(SeekPolicy::Earliest).unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        for i in 0..40u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        drop(p);
+        let _ = drain_to(&mut c, 40);
+        // The ring as a writer restarted at 0 leaves it after 3 records.
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        for i in 0..3u64 {
+            map.u64_at(slot_off(64, i))
+                .store(holds(i), Ordering::SeqCst);
+        }
+        map.u64_at(P_CURSOR).store(3, Ordering::SeqCst);
+        let before = c.corrupt();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while c.position(0).unwrap() != 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the reader stayed at {}",
+                c.position(0).unwrap()
+            );
+            let _ = c.poll_timeout(16, Duration::from_millis(5)).unwrap();
+        }
+        assert!(c.corrupt() > before, "the jump back is counted as damage");
+        drop((c, map, t));
+    }
+    g.finish();
+}
+
 /// Defect 6: the `seq` of an unread slot set to 0 on a backpressure topic
 /// left the consumer at `NotYet` and the producer `Full` forever.
 #[test]
