@@ -624,6 +624,18 @@ pub fn scan_end<S: SlotMemory + ?Sized>(mem: &S) -> u64 {
     0
 }
 
+/// Whether cursor `raw` is more than a ring below `position` and the slot
+/// before it holds exactly `raw - 1`: the writer really stands there, a
+/// ring or more below a position a reader reached (a takeover restarted
+/// the ring after a peer scribbled it). A real writer never leaves a
+/// reader that far ahead, so the reader goes back to it.
+pub fn writer_proven_below<S: SlotMemory + ?Sized>(mem: &S, raw: u64, position: u64) -> bool {
+    let geo = mem.geometry();
+    raw > 0
+        && raw.saturating_add(geo.slots) < position
+        && mem.seq((raw - 1) & geo.mask()).load(Ordering::Acquire) == holds(raw - 1)
+}
+
 /// The write end of the ring, checked: the cursor if it is
 /// [`believable`], else the end the slots show ([`scan_end`]). Use it for
 /// positions (seeking to "latest", counting messages); [`latest`] is the
@@ -810,10 +822,7 @@ impl CursorCache {
     /// waiting for the writer to come back up.
     #[cold]
     fn writer_behind<S: SlotMemory + ?Sized>(&mut self, mem: &S, raw: u64, next: u64) {
-        let geo = mem.geometry();
-        let proven = raw > 0
-            && raw.saturating_add(geo.slots) < next
-            && mem.seq((raw - 1) & geo.mask()).load(Ordering::Acquire) == holds(raw - 1);
+        let proven = writer_proven_below(mem, raw, next);
         if !proven {
             self.behind = 0;
             return;

@@ -308,6 +308,57 @@ fn reader_far_ahead_of_a_proven_writer_goes_back_to_it() {
     g.finish();
 }
 
+/// The same for a competing consumer: its highest cursor seen stayed above
+/// a writer restarted below it, so every claim was "below known" and pushed
+/// to the cursor, handing out nothing for good (the suite's ow/competing).
+#[test]
+fn competing_consumer_follows_a_writer_restarted_below_it() {
+    let g = ShmGuard::new("crewind");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut c = CompetingConsumer::join(&t, "w", 0, GroupOptions::default()).unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        for i in 0..40u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        drop(p);
+        let mut poll_until = |c: &mut CompetingConsumer, want: u64| -> Vec<u64> {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let mut got = Vec::new();
+            while !got.contains(&want) {
+                assert!(Instant::now() < deadline, "stuck, got {got:?}");
+                let polled = c.poll_timeout(16, Duration::from_millis(5)).unwrap();
+                got.extend(polled.records.iter().map(|r| r.offset));
+                c.commit().unwrap();
+            }
+            got
+        };
+        poll_until(&mut c, 39);
+        // A writer restarted at 0 has written 0..5; then 5 and 6.
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        for i in 0..5u64 {
+            map.u64_at(slot_off(64, i))
+                .store(holds(i), Ordering::SeqCst);
+        }
+        map.u64_at(P_CURSOR).store(5, Ordering::SeqCst);
+        let _ = c.poll_timeout(16, Duration::from_millis(5)).unwrap();
+        c.commit().unwrap();
+        for i in 5..7u64 {
+            map.u64_at(slot_off(64, i))
+                .store(holds(i), Ordering::SeqCst);
+        }
+        map.u64_at(P_CURSOR).store(7, Ordering::SeqCst);
+        let got = poll_until(&mut c, 6);
+        assert!(got.contains(&5), "got {got:?}");
+        assert!(c.corrupt() > 0, "counted as damage");
+        drop((c, map, t));
+    }
+    g.finish();
+}
+
 /// Defect 6: the `seq` of an unread slot set to 0 on a backpressure topic
 /// left the consumer at `NotYet` and the producer `Full` forever.
 #[test]
