@@ -325,7 +325,7 @@ fn competing_consumer_follows_a_writer_restarted_below_it() {
             p.try_send(&i.to_le_bytes()).unwrap();
         }
         drop(p);
-        let mut poll_until = |c: &mut CompetingConsumer, want: u64| -> Vec<u64> {
+        let poll_until = |c: &mut CompetingConsumer, want: u64| -> Vec<u64> {
             let deadline = Instant::now() + Duration::from_secs(3);
             let mut got = Vec::new();
             while !got.contains(&want) {
