@@ -571,10 +571,13 @@ fn at_or_after(s: u64, o: u64, mask: u64) -> bool {
 }
 
 /// The end of the ring as its slots show it, for when the cursor cannot be
-/// believed: one past the highest offset that at least half of the written
-/// slots agree with. A real ring's written slots all hold offsets within one
-/// ring below its end, so a few scribbled (even forged, self-consistent)
-/// sequence words cannot outvote them and make the end wild. Reads every
+/// believed: one past the highest offset that at least half of the
+/// informative slots agree with (those holding offsets within one ring
+/// below it; slots never written count for a ring in its first lap), else
+/// the best-supported such offset. A real ring's written slots all hold
+/// offsets within one ring below its end, so a few scribbled (even forged,
+/// self-consistent) sequence words cannot outvote them and make the end
+/// wild. Reads every
 /// sequence word once and sorts them: `O(slots log slots)`, only on a
 /// damaged ring (a cursor that failed [`believable`]).
 #[cold]
@@ -605,6 +608,12 @@ pub fn scan_end<S: SlotMemory + ?Sized>(mem: &S) -> u64 {
     }
     held.sort_unstable();
     let need = (held.len() + empty.len()).div_ceil(2);
+    // The best-supported end, for when no end has a majority: a ring nobody
+    // rewrote for a while (a backpressure writer held back) collects
+    // scribbles in many of its slots, zeros among them, and falling back to
+    // 0 there restarted the ring below what readers had consumed. Ties go
+    // to the higher end.
+    let mut best = (0usize, 0u64);
     for j in (0..held.len()).rev() {
         let x = held[j];
         // Slots whose offsets lie in (x - slots, x]: the ring ending at x,
@@ -617,11 +626,22 @@ pub fn scan_end<S: SlotMemory + ?Sized>(mem: &S) -> u64 {
         } else {
             0
         };
-        if j + 1 - first + unwritten >= need {
+        let votes = j + 1 - first + unwritten;
+        if votes >= need {
             return x + 1;
         }
+        if votes > best.0 {
+            best = (votes, x + 1);
+        }
     }
-    0
+    // No majority. One slot is no evidence (a single forged word on an
+    // empty ring); nor are a few against many never-written slots (a young
+    // ring's forged later laps): then the ring is empty.
+    if best.0 >= 2 && best.0 * 2 > empty.len() {
+        best.1
+    } else {
+        0
+    }
 }
 
 /// Whether cursor `raw` is more than a ring below `position` and the slot

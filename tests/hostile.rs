@@ -359,6 +359,42 @@ fn competing_consumer_follows_a_writer_restarted_below_it() {
     g.finish();
 }
 
+/// A wrapped ring whose slots collected scribbles while nobody rewrote it
+/// (a backpressure writer held back): no end had a majority, and the slots'
+/// end fell back to 0, so a takeover restarted the ring below what readers
+/// had consumed. The best-supported end is taken instead.
+#[test]
+fn heavily_scribbled_ring_does_not_restart_at_zero() {
+    let g = ShmGuard::new("plural");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        for i in 0..40u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        drop(p);
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        map.u64_at(P_CURSOR).store(1 << 62, Ordering::SeqCst);
+        for i in 0..4u64 {
+            map.u64_at(slot_off(64, i)).store(0, Ordering::SeqCst);
+        }
+        map.u64_at(slot_off(64, 4))
+            .store(writing(7), Ordering::SeqCst);
+        assert_eq!(t.write_offset(0).unwrap(), 40, "the end the slots show");
+        let mut p = Producer::new(&t).unwrap();
+        p.try_send(b"next").unwrap();
+        assert_eq!(
+            map.u64_at(slot_off(64, 0)).load(Ordering::SeqCst),
+            holds(40)
+        );
+        drop((p, map, t));
+    }
+    g.finish();
+}
+
 /// Defect 6: the `seq` of an unread slot set to 0 on a backpressure topic
 /// left the consumer at `NotYet` and the producer `Full` forever.
 #[test]
