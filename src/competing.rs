@@ -361,6 +361,15 @@ impl CompetingConsumer {
             // Checked: a wild cursor must not hand out offsets the writer
             // never reached (the shared `next` would jump there for good).
             let cursor = ring::checked_latest(part.header(), &part.slots());
+            // The writer proven a ring or more below what this member saw
+            // (a takeover restarted the ring): forget the old high mark, or
+            // every claim would be "below known" and pushed to the cursor,
+            // handing out nothing for good. Counted as damage.
+            if ring::writer_proven_below(&part.slots(), cursor, self.known) {
+                self.known = cursor;
+                self.corrupt = self.corrupt.saturating_add(1);
+                out.corrupt = out.corrupt.saturating_add(1);
+            }
             let earliest = cursor.saturating_sub(part.geo.slots);
             let want = (max - out.records.len()) as u64;
             let bounds = proto::Bounds {

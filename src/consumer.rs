@@ -153,7 +153,15 @@ impl Cursor {
         hdr: &crate::layout::PartitionHeader,
         mem: &S,
     ) -> bool {
-        self.cache.may_read(hdr, mem, self.next)
+        if self.cache.may_read(hdr, mem, self.next) {
+            return true;
+        }
+        // The writer proven more than a ring below us (a takeover restarted
+        // the ring): go back to it rather than wait (counted as damage).
+        if let Some(to) = self.cache.take_rewind() {
+            self.next = to;
+        }
+        false
     }
 
     /// After `NotYet` at `next`: whether `next` is stuck below the believed

@@ -280,7 +280,7 @@ impl Membership {
                 Err(actual) => w = actual,
             }
         }
-        if !self.name_matches() && self.holds_entry() {
+        if !self.name_matches() && (self.holds_entry() || self.name_bytes_ours()) {
             // The entry is READY under our word and holds us: the name is
             // ours (it was checked at join), only its bytes were scribbled.
             let inner = self.inner();
@@ -298,13 +298,17 @@ impl Membership {
         h.name_len as usize == name.len() && h.name[..name.len()] == *name
     }
 
-    /// Whether the entry's name bytes are ours, with a length that is ours
-    /// or impossible (beyond the name field: scribbled).
+    /// Whether the entry's name bytes begin with ours.
+    ///
+    /// The length word is not consulted: it is the one part of the name a
+    /// peer scribbles without touching the bytes, and a scribbled length
+    /// together with a scribbled member id and pid (each put back only
+    /// while the others hold) left a member refused for good. The caller
+    /// asks this only about a state word no protocol step writes.
     fn name_bytes_ours(&self) -> bool {
         let h = self.view().header;
         let name = self.name.as_bytes();
-        let len = h.name_len as usize;
-        (len == name.len() || len > crate::layout::GROUP_NAME_MAX) && h.name[..name.len()] == *name
+        h.name[..name.len()] == *name
     }
 
     /// Whether this member's entry still holds its id (or it is between

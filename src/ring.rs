@@ -283,6 +283,19 @@ impl Writer {
             && believable(mem, raw)
             && mem.seq(raw & geo.mask()).load(Ordering::Acquire) < holds(raw + geo.slots);
         let mut next = if believed { raw } else { scan_end(mem) };
+        // A believed cursor whose last slot does not hold exactly `raw - 1`
+        // (a cursor of 0, or a later lap there) passed only because its own
+        // slot was scribbled low too (e.g. cursor and slot 0 both set to 0):
+        // resuming there would restart the ring far below offsets readers
+        // already consumed, and they would wait for the writer to come back
+        // up (the README's known gap). Never resume below the end the slots
+        // prove (cold: only on such a cursor, e.g. a fresh ring).
+        if believed
+            && (raw == 0
+                || mem.seq((raw - 1) & geo.mask()).load(Ordering::Acquire) != holds(raw - 1))
+        {
+            next = next.max(scan_end(mem));
+        }
         // SYNC POINT "claim" (heavy side): our lease CAS on the writer word
         // came first; after this barrier, either a predecessor still running
         // sees our word at its next reservation (and touches no slot), or we
@@ -558,10 +571,13 @@ fn at_or_after(s: u64, o: u64, mask: u64) -> bool {
 }
 
 /// The end of the ring as its slots show it, for when the cursor cannot be
-/// believed: one past the highest offset that at least half of the written
-/// slots agree with. A real ring's written slots all hold offsets within one
-/// ring below its end, so a few scribbled (even forged, self-consistent)
-/// sequence words cannot outvote them and make the end wild. Reads every
+/// believed: one past the highest offset that at least half of the
+/// informative slots agree with (those holding offsets within one ring
+/// below it; slots never written count for a ring in its first lap), else
+/// the best-supported such offset. A real ring's written slots all hold
+/// offsets within one ring below its end, so a few scribbled (even forged,
+/// self-consistent) sequence words cannot outvote them and make the end
+/// wild. Reads every
 /// sequence word once and sorts them: `O(slots log slots)`, only on a
 /// damaged ring (a cursor that failed [`believable`]).
 #[cold]
@@ -569,8 +585,19 @@ pub fn scan_end<S: SlotMemory + ?Sized>(mem: &S) -> u64 {
     let geo = mem.geometry();
     let cap = resume_cap(geo);
     let mut held: Vec<u64> = Vec::new();
+    // Slots never written (sequence word 0) vote too: a ring that wrapped
+    // has none, so they say the end lies in the first lap, beyond them. On
+    // a young ring a single forged word (say "holds 128" on slot 0 of a
+    // ring that has written offsets 0..5) must not outvote them, or a
+    // resume would start past a slot whose body was never written and a
+    // reader would get that empty body as a record.
+    let mut empty: Vec<u64> = Vec::new();
     for i in 0..geo.slots {
         let s = mem.seq(i).load(Ordering::Acquire);
+        if s == 0 {
+            empty.push(i);
+            continue;
+        }
         if s < 2 || s % 2 != 0 {
             continue;
         }
@@ -580,17 +607,53 @@ pub fn scan_end<S: SlotMemory + ?Sized>(mem: &S) -> u64 {
         }
     }
     held.sort_unstable();
-    let need = held.len().div_ceil(2);
+    let need = (held.len() + empty.len()).div_ceil(2);
+    // The best-supported end, for when no end has a majority: a ring nobody
+    // rewrote for a while (a backpressure writer held back) collects
+    // scribbles in many of its slots, zeros among them, and falling back to
+    // 0 there restarted the ring below what readers had consumed. Ties go
+    // to the higher end.
+    let mut best = (0usize, 0u64);
     for j in (0..held.len()).rev() {
         let x = held[j];
-        // Slots whose offsets lie in (x - slots, x]: the ring ending at x.
+        // Slots whose offsets lie in (x - slots, x]: the ring ending at x,
+        // plus, while that ring is in its first lap, the empty slots
+        // beyond x (`empty` is in slot order).
         let lowest = x.saturating_sub(geo.slots - 1);
         let first = held.partition_point(|&v| v < lowest);
-        if j + 1 - first >= need {
+        let unwritten = if x < geo.slots {
+            empty.len() - empty.partition_point(|&i| i <= x)
+        } else {
+            0
+        };
+        let votes = j + 1 - first + unwritten;
+        if votes >= need {
             return x + 1;
         }
+        if votes > best.0 {
+            best = (votes, x + 1);
+        }
     }
-    0
+    // No majority. One slot is no evidence (a single forged word on an
+    // empty ring); nor are a few against many never-written slots (a young
+    // ring's forged later laps): then the ring is empty.
+    if best.0 >= 2 && best.0 * 2 > empty.len() {
+        best.1
+    } else {
+        0
+    }
+}
+
+/// Whether cursor `raw` is more than a ring below `position` and the slot
+/// before it holds exactly `raw - 1`: the writer really stands there, a
+/// ring or more below a position a reader reached (a takeover restarted
+/// the ring after a peer scribbled it). A real writer never leaves a
+/// reader that far ahead, so the reader goes back to it.
+pub fn writer_proven_below<S: SlotMemory + ?Sized>(mem: &S, raw: u64, position: u64) -> bool {
+    let geo = mem.geometry();
+    raw > 0
+        && raw.saturating_add(geo.slots) < position
+        && mem.seq((raw - 1) & geo.mask()).load(Ordering::Acquire) == holds(raw - 1)
 }
 
 /// The write end of the ring, checked: the cursor if it is
@@ -685,6 +748,11 @@ pub struct CursorCache {
     cursor_loads: u64,
     /// Where the last lap sent this reader (see [`CursorCache::after_lap`]).
     lap_resume: Option<u64>,
+    /// Sightings of a proven cursor more than a ring below the reader (see
+    /// [`CursorCache::take_rewind`]).
+    behind: u32,
+    /// Where such a cursor sends the reader back to, once proven.
+    rewind: Option<u64>,
 }
 
 /// A caught-up reader that finds the slot it watches unpublished loads the
@@ -752,13 +820,47 @@ impl CursorCache {
         // SYNC POINT "cursor": Acquire, pairs with `Writer::commit`.
         let raw = latest(hdr);
         if raw <= next {
+            self.writer_behind(mem, raw, next);
             return false;
         }
+        self.behind = 0;
         if believable(mem, raw) {
             self.end = raw;
             return true;
         }
         self.wild_cursor(raw)
+    }
+
+    /// A cursor more than a ring below the reader whose last slot holds
+    /// exactly `raw - 1` is no scribble of the cursor alone: the writer
+    /// really stands there (a takeover restarted the ring below what this
+    /// reader consumed, after a peer scribbled the cursor and slots). No
+    /// real writer leaves a reader that far ahead (a cursor lags the slots
+    /// by at most one reservation, a ring), so after [`STUCK_CHECKS`]
+    /// sightings the reader goes back to the writer's position
+    /// ([`CursorCache::take_rewind`]) and counts it as damage, instead of
+    /// waiting for the writer to come back up.
+    #[cold]
+    fn writer_behind<S: SlotMemory + ?Sized>(&mut self, mem: &S, raw: u64, next: u64) {
+        let proven = writer_proven_below(mem, raw, next);
+        if !proven {
+            self.behind = 0;
+            return;
+        }
+        self.behind = self.behind.saturating_add(1);
+        if self.behind >= STUCK_CHECKS {
+            self.behind = 0;
+            self.end = raw;
+            self.stuck = Stuck::default();
+            self.rewind = Some(raw);
+            self.damage = self.damage.saturating_add(1);
+        }
+    }
+
+    /// Where the reader must go back to, if [`CursorCache::may_read`] found
+    /// the writer proven more than a ring below it (see `writer_behind`).
+    pub fn take_rewind(&mut self) -> Option<u64> {
+        self.rewind.take()
     }
 
     #[cold]

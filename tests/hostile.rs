@@ -102,6 +102,7 @@ impl Drop for Map {
 const P_EXPIRY: usize = 0x40;
 const P_WRITER: usize = 0x50;
 const P_CURSOR: usize = 0x80;
+const P_CLAIM: usize = 0x140;
 const M_EXPIRY: usize = 0x40;
 
 fn slot_off(slot_size: u64, index: u64) -> usize {
@@ -181,6 +182,215 @@ fn stalled_slot(word: impl Fn(u64) -> u64, tag: &str) {
         let got = drain_to(&mut c, 16);
         assert_eq!(got, (8..16).collect::<Vec<_>>());
         drop((c, p, t));
+    }
+    g.finish();
+}
+
+/// A forged future lap on a young ring: slot 0 set to "holds 128" before the
+/// first send made the first producer's resume disbelieve the cursor (0) and
+/// take the end from the slots, where that one word won the vote, so the
+/// writer started at 129 and readers got slot 0's never-written body as a
+/// 0-byte record at offset 128 (the suite's "bad record at 0@128: 0 bytes").
+/// Never-written slots now vote for a first-lap end.
+#[test]
+fn forged_future_lap_on_a_young_ring_is_outvoted() {
+    let g = ShmGuard::new("younglap");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut c = Consumer::new(&t, "g").unwrap();
+        c.seek(SeekPolicy::Earliest).unwrap();
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        map.u64_at(slot_off(64, 0))
+            .store(holds(16), Ordering::SeqCst);
+        let mut p = Producer::new(&t).unwrap();
+        for i in 0..3u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        assert_eq!(t.write_offset(0).unwrap(), 3, "the writer starts at 0");
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while got.len() < 3 && Instant::now() < deadline {
+            for r in c.poll_timeout(16, Duration::from_millis(10)).unwrap() {
+                assert_eq!(r.value.len(), 8, "an empty body delivered at {}", r.offset);
+                got.push((
+                    r.offset,
+                    u64::from_le_bytes(r.value[..].try_into().unwrap()),
+                ));
+            }
+        }
+        assert_eq!(got, vec![(0, 0), (1, 1), (2, 2)]);
+        drop((c, p, t));
+    }
+    g.finish();
+}
+
+/// The README's known gap: cursor and slot 0 both scribbled to 0 on a
+/// wrapped ring passed every check on the cursor (0 is believable, and its
+/// own slot no longer holds a later lap), so the next writer restarted the
+/// ring at offset 0, far below what readers had consumed (seen in the suite
+/// as overwrite-topic consumers idle for good, the writer millions below
+/// them). A resume never starts below the end the slots show.
+#[test]
+fn cursor_and_slot_zero_scribbled_do_not_restart_the_ring() {
+    let g = ShmGuard::new("restart");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        for i in 0..20u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        drop(p);
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        map.u64_at(P_CURSOR).store(0, Ordering::SeqCst);
+        map.u64_at(slot_off(64, 0)).store(0, Ordering::SeqCst);
+        let mut p = Producer::new(&t).unwrap();
+        p.try_send(b"next").unwrap();
+        assert_eq!(
+            map.u64_at(slot_off(64, 4)).load(Ordering::SeqCst),
+            holds(20),
+            "the writer went on at 20 (slot 0 holds {:#x})",
+            map.u64_at(slot_off(64, 0)).load(Ordering::SeqCst)
+        );
+        assert_eq!(t.write_offset(0).unwrap(), 21);
+        drop((p, map, t));
+    }
+    g.finish();
+}
+
+/// The reader's half of the known gap: a writer proven (its cursor, and
+/// the slot before it holding exactly that offset) more than a ring below a
+/// reader used to leave the reader waiting until the writer came back up
+/// (the suite's overwrite-topic plain consumer idle for good after a
+/// takeover restarted the ring). The reader goes back to the writer and
+/// counts it as damage.
+#[test]
+fn reader_far_ahead_of_a_proven_writer_goes_back_to_it() {
+    let g = ShmGuard::new("rewind");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut c = Consumer::new(&t, "g").unwrap();
+        c.seek(SeekPolicy::Earliest).unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        for i in 0..40u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        drop(p);
+        let _ = drain_to(&mut c, 40);
+        // The ring as a writer restarted at 0 leaves it after 3 records.
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        for i in 0..3u64 {
+            map.u64_at(slot_off(64, i))
+                .store(holds(i), Ordering::SeqCst);
+        }
+        map.u64_at(P_CURSOR).store(3, Ordering::SeqCst);
+        let before = c.corrupt();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while c.position(0).unwrap() != 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the reader stayed at {}",
+                c.position(0).unwrap()
+            );
+            let _ = c.poll_timeout(16, Duration::from_millis(5)).unwrap();
+        }
+        assert!(c.corrupt() > before, "the jump back is counted as damage");
+        drop((c, map, t));
+    }
+    g.finish();
+}
+
+/// The same for a competing consumer: its highest cursor seen stayed above
+/// a writer restarted below it, so every claim was "below known" and pushed
+/// to the cursor, handing out nothing for good (the suite's ow/competing).
+#[test]
+fn competing_consumer_follows_a_writer_restarted_below_it() {
+    let g = ShmGuard::new("crewind");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut c = CompetingConsumer::join(&t, "w", 0, GroupOptions::default()).unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        for i in 0..40u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        drop(p);
+        let poll_until = |c: &mut CompetingConsumer, want: u64| -> Vec<u64> {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let mut got = Vec::new();
+            while !got.contains(&want) {
+                assert!(Instant::now() < deadline, "stuck, got {got:?}");
+                let polled = c.poll_timeout(16, Duration::from_millis(5)).unwrap();
+                got.extend(polled.records.iter().map(|r| r.offset));
+                c.commit().unwrap();
+            }
+            got
+        };
+        poll_until(&mut c, 39);
+        // A writer restarted at 0 has written 0..5; then 5 and 6.
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        for i in 0..5u64 {
+            map.u64_at(slot_off(64, i))
+                .store(holds(i), Ordering::SeqCst);
+        }
+        map.u64_at(P_CURSOR).store(5, Ordering::SeqCst);
+        let _ = c.poll_timeout(16, Duration::from_millis(5)).unwrap();
+        c.commit().unwrap();
+        for i in 5..7u64 {
+            map.u64_at(slot_off(64, i))
+                .store(holds(i), Ordering::SeqCst);
+        }
+        map.u64_at(P_CURSOR).store(7, Ordering::SeqCst);
+        let got = poll_until(&mut c, 6);
+        assert!(got.contains(&5), "got {got:?}");
+        assert!(c.corrupt() > 0, "counted as damage");
+        drop((c, map, t));
+    }
+    g.finish();
+}
+
+/// A wrapped ring whose slots collected scribbles while nobody rewrote it
+/// (a backpressure writer held back): no end had a majority, and the slots'
+/// end fell back to 0, so a takeover restarted the ring below what readers
+/// had consumed. The best-supported end is taken instead.
+#[test]
+fn heavily_scribbled_ring_does_not_restart_at_zero() {
+    let g = ShmGuard::new("plural");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        for i in 0..40u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        drop(p);
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        map.u64_at(P_CURSOR).store(1 << 62, Ordering::SeqCst);
+        for i in 0..4u64 {
+            map.u64_at(slot_off(64, i)).store(0, Ordering::SeqCst);
+        }
+        map.u64_at(slot_off(64, 4))
+            .store(writing(7), Ordering::SeqCst);
+        assert_eq!(t.write_offset(0).unwrap(), 40, "the end the slots show");
+        let mut p = Producer::new(&t).unwrap();
+        p.try_send(b"next").unwrap();
+        assert_eq!(
+            map.u64_at(slot_off(64, 0)).load(Ordering::SeqCst),
+            holds(40)
+        );
+        drop((p, map, t));
     }
     g.finish();
 }
@@ -496,6 +706,17 @@ fn scribbled_group_state_and_name_are_repaired_by_members() {
             .collect();
         assert_eq!(names, ["members", "other"], "the group was found by name");
         drop(again);
+        // All at once (seen in the suite: the member got `GroupDeleted` at
+        // every poll for good): the state, the name's length, and our
+        // member entry's id and pid. The name's bytes are still ours.
+        let me = META_HEADER + layout::LINE;
+        state.store(1, Ordering::SeqCst);
+        meta.u32_at(META_HEADER + 8).store(23, Ordering::SeqCst);
+        meta.u64_at(me).store(0x590b8, Ordering::SeqCst);
+        meta.u32_at(me + 16).store(0xdead, Ordering::SeqCst);
+        expect_next(&mut c, &mut p, "state, name_len, id and pid");
+        assert_eq!(state.load(Ordering::SeqCst), ready, "state not put back");
+        assert_eq!(meta.u32_at(META_HEADER + 8).load(Ordering::SeqCst), 7);
         drop((c, p, meta, t));
     }
     g.finish();
@@ -697,12 +918,28 @@ fn producer_role(ns: &str, topic: &str, secs: u64) {
     let (mut sent, mut fenced, mut full, mut held, mut expired) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut seq = 0u64;
     let mut p: Option<Producer> = None;
+    let mut highest = [0u64; PARTS as usize];
+    let start = Instant::now();
     tell_parent("ready", 1);
     while Instant::now() < deadline {
         let prod = match p.as_mut() {
             Some(prod) => prod,
             None => match Producer::new(&t) {
-                Ok(prod) => p.insert(prod.with_send_timeout(Some(Duration::from_millis(20)))),
+                Ok(prod) => {
+                    // A resume far below what this process already wrote
+                    // strands readers ahead (README known gap): say so.
+                    for (i, hi) in highest.iter_mut().enumerate() {
+                        let now = t.write_offset(i as u32).unwrap_or(0);
+                        if now.saturating_add(SLOTS) < *hi {
+                            eprintln!(
+                                "hostile-reset {topic} p{i}: resumed at {now} below {hi} at {} ms",
+                                start.elapsed().as_millis()
+                            );
+                        }
+                        *hi = (*hi).max(now);
+                    }
+                    p.insert(prod.with_send_timeout(Some(Duration::from_millis(20))))
+                }
                 Err(Error::PartitionHeld { .. }) => {
                     held += 1;
                     std::thread::sleep(Duration::from_millis(2));
@@ -740,6 +977,73 @@ fn producer_role(ns: &str, topic: &str, secs: u64) {
         ("held", held),
         ("expired", expired),
     ]);
+}
+
+/// Print the shared words a stalled consumer depends on: each partition's
+/// cursor, writer, claim and lease words and the slot words around the
+/// cursor, and the first groups' header, member and partition lines.
+fn dump_words(ns: &str, topic: &str, who: &str) {
+    let gsize = group_size(layout::DEFAULT_MAX_PARTITIONS.max(PARTS), MEMBER_CAPACITY);
+    for p in 0..PARTS {
+        let m = Map::open(&shmq::protocol::name::partition_region(ns, topic, p));
+        let cursor = m.u64_at(P_CURSOR).load(Ordering::Relaxed);
+        let seqs: Vec<String> = (0..SLOTS)
+            .map(|i| {
+                let s = m.u64_at(slot_off(SLOT, i)).load(Ordering::Relaxed);
+                if s >= 2 && s % 2 == 0 {
+                    format!("{}", s / 2 - 1)
+                } else {
+                    format!("{s:#x}")
+                }
+            })
+            .collect();
+        eprintln!(
+            "hostile-stall {who} {topic} p{p}: cursor {cursor} writer {:#x} claim {:#x} expiry {} slots(held offset or raw) {}",
+            m.u64_at(P_WRITER).load(Ordering::Relaxed),
+            m.u64_at(P_CLAIM).load(Ordering::Relaxed),
+            m.u64_at(P_EXPIRY).load(Ordering::Relaxed),
+            seqs.join(" ")
+        );
+    }
+    let meta = Map::open(&shmq::protocol::name::meta_region(ns, topic));
+    for g in 0..4 {
+        let base = META_HEADER + g * gsize;
+        let members: Vec<String> = (0..4)
+            .map(|i| {
+                let e = base + layout::LINE + i * layout::LINE;
+                format!(
+                    "[id {:#x} hb {} pid {} role {} lo {} hi {}]",
+                    meta.u64_at(e).load(Ordering::Relaxed),
+                    meta.u64_at(e + 8).load(Ordering::Relaxed),
+                    meta.u32_at(e + 16).load(Ordering::Relaxed),
+                    meta.u32_at(e + 20).load(Ordering::Relaxed),
+                    meta.u64_at(e + 24).load(Ordering::Relaxed),
+                    meta.u64_at(e + 32).load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        let lines: Vec<String> = (0..PARTS as usize)
+            .map(|p| {
+                let gp = base
+                    + layout::LINE
+                    + MEMBER_CAPACITY as usize * layout::LINE
+                    + p * layout::LINE;
+                let w: Vec<String> = (0..5)
+                    .map(|f| format!("{:#x}", meta.u64_at(gp + 8 * f).load(Ordering::Relaxed)))
+                    .collect();
+                format!("p{p}(committed,owner,next,nacks,dlq)={}", w.join(","))
+            })
+            .collect();
+        eprintln!(
+            "hostile-stall {who} {topic} group {g}: state {:#x} name_len {} stale_ms {} last_active {} members {} {}",
+            meta.u64_at(base).load(Ordering::Relaxed),
+            meta.u32_at(base + 8).load(Ordering::Relaxed),
+            meta.u32_at(base + 12).load(Ordering::Relaxed),
+            meta.u64_at(base + 56).load(Ordering::Relaxed),
+            members.join(" "),
+            lines.join(" ")
+        );
+    }
 }
 
 /// Child: read with one of the consumer kinds until `secs` pass, checking
@@ -857,6 +1161,15 @@ fn consumer_role(ns: &str, topic: &str, kind: &str, secs: u64) {
         }
         other => panic!("unknown consumer kind {other}"),
     };
+    // A consumer idle for its last 3 s (the scribbler stopped 5 s before
+    // the end): print the words it depends on, for the suite's failure.
+    if start.elapsed().as_millis() as u64 > last_ms + 3000 {
+        eprintln!(
+            "hostile-stall {kind} {topic}: last record at {last_ms} ms, now {} ms",
+            start.elapsed().as_millis()
+        );
+        dump_words(ns, topic, kind);
+    }
     report(&[
         ("records", records),
         ("bad", bad),
@@ -950,6 +1263,15 @@ fn scribbler_role(ns: &str, topics: &[String], secs: u64, seed: u64) {
                     _ => rng.next(),
                 };
                 // Never the exact forgery "holds o" (see the module docs).
+                // `holds(o + SLOTS * k)` (k = 3 above) is that forgery for a
+                // later offset of the same slot: the writer keeps a slot
+                // that already holds its next offset, so readers get the
+                // slot's older body there. Its payload is intact (the
+                // checksum covers the payload, not the offset), so the
+                // suite cannot tell and the README allows it; on a young
+                // ring the body could be one never written (0 bytes), which
+                // `scan_end` now outvotes (see
+                // `forged_future_lap_on_a_young_ring_is_outvoted`).
                 if v != holds(o) {
                     m.u64_at(slot).store(v, Ordering::Relaxed);
                     *counts.entry("seq").or_default() += 1;
