@@ -27,7 +27,6 @@
 //! # Ok::<(), shmq::Error>(())
 //! ```
 
-use crate::backpressure;
 use crate::error::{Error, Result};
 use crate::layout::{HEADERS_PREFIX, HEADER_ENTRY_PREFIX, KEY_LEN_MASK};
 use crate::producer::{Producer, Sent};
@@ -448,25 +447,9 @@ impl Producer {
         let part = inner.partition(partition)?;
         let hdr = part.header();
         let slots = part.slots();
-        // As `Producer::send_at`: reserve the offset (the lease check), wait
-        // for room, write, publish, then the durable topic's sync.
-        o.writer
-            .reserve(hdr, 1)
-            .map_err(|e| inner.write_error(partition, e))?;
-        if self.backpressure && o.writer.next_offset() >= o.limit {
-            match backpressure::wait_for_room(
-                inner,
-                partition,
-                o.writer.next_offset(),
-                self.send_timeout,
-            ) {
-                Ok(limit) => o.limit = limit,
-                Err(e) => {
-                    o.writer.unreserve(hdr);
-                    return Err(e);
-                }
-            }
-        }
+        // As `Producer::send_at`: reserve the offset and wait for room, then
+        // write, publish, and the durable topic's sync.
+        o.reserve_one(inner, hdr, self.backpressure, self.send_timeout)?;
         let claim = o
             .writer
             .claim(hdr, &slots)

@@ -65,6 +65,40 @@ pub(crate) struct Owned {
     pub(crate) limit: u64,
 }
 
+impl Owned {
+    /// Reserve this partition's next offset (the lease check, see
+    /// `ring::Writer::reserve`) and, on a backpressure topic, wait up to
+    /// `timeout` for room at it. On an error nothing stays reserved. The one
+    /// preamble of every single-record write: `send`, `send_with`, `loan`.
+    #[inline]
+    pub(crate) fn reserve_one(
+        &mut self,
+        inner: &crate::topic::TopicInner,
+        hdr: &crate::layout::PartitionHeader,
+        backpressure: bool,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        self.writer
+            .reserve(hdr, 1)
+            .map_err(|e| inner.write_error(self.partition, e))?;
+        if backpressure && self.writer.next_offset() >= self.limit {
+            match backpressure::wait_for_room(
+                inner,
+                self.partition,
+                self.writer.next_offset(),
+                timeout,
+            ) {
+                Ok(limit) => self.limit = limit,
+                Err(e) => {
+                    self.writer.unreserve(hdr);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The stable hash behind [`Producer::send_keyed`]: 64-bit FNV-1a of the
 /// key bytes, modulo `partitions`. It will not change between versions.
 ///
@@ -431,25 +465,9 @@ impl Producer {
         let part = inner.partition(o.partition)?;
         let hdr = part.header();
         let slots = part.slots();
-        // Reserve the one offset this send writes: the lease check, and the
-        // claim `write_slot` then finds already made (`Writer::reserve`).
-        o.writer
-            .reserve(hdr, 1)
-            .map_err(|e| inner.write_error(o.partition, e))?;
-        if self.backpressure && o.writer.next_offset() >= o.limit {
-            match backpressure::wait_for_room(
-                inner,
-                o.partition,
-                o.writer.next_offset(),
-                self.send_timeout,
-            ) {
-                Ok(limit) => o.limit = limit,
-                Err(e) => {
-                    o.writer.unreserve(hdr);
-                    return Err(e);
-                }
-            }
-        }
+        // Reserve the one offset this send writes (the claim `write_slot`
+        // then finds already made) and wait for room.
+        o.reserve_one(inner, hdr, self.backpressure, self.send_timeout)?;
         let offset = o
             .writer
             .write_slot(hdr, &slots, stamp(self.clock), key, value)

@@ -25,7 +25,6 @@
 
 use std::ops::{Deref, DerefMut};
 
-use crate::backpressure;
 use crate::consumer::{Consumer, Delivered};
 use crate::error::{Error, Result};
 use crate::headers::HeaderView;
@@ -268,23 +267,7 @@ impl Producer {
         let slots = part.slots();
         let partition = o.partition;
         // The lease check and the reservation of the loaned offset.
-        o.writer
-            .reserve(hdr, 1)
-            .map_err(|e| inner.write_error(partition, e))?;
-        if self.backpressure && o.writer.next_offset() >= o.limit {
-            match backpressure::wait_for_room(
-                inner,
-                partition,
-                o.writer.next_offset(),
-                self.send_timeout,
-            ) {
-                Ok(limit) => o.limit = limit,
-                Err(e) => {
-                    o.writer.unreserve(hdr);
-                    return Err(e);
-                }
-            }
-        }
+        o.reserve_one(inner, hdr, self.backpressure, self.send_timeout)?;
         let claim = o
             .writer
             .claim(hdr, &slots)
