@@ -336,6 +336,19 @@ impl Writer {
             }
             break;
         }
+        // Never rewrite an offset a slot proves published. The walk stops at
+        // the first slot that does not hold `next`, but one scribbled word
+        // (or a cursor scribbled a little low) can make that stop fall below
+        // offsets already written further on. Rewriting them would store the
+        // very sequence values a reader may have read just before: a reader
+        // copying such a slot across the rewrite sees the same "holds `x`"
+        // before and after and takes a body mixed from two records (seqlock
+        // ABA). Skipping ahead only leaves the skipped offsets unwritten,
+        // which readers already handle (a stuck slot below a believed cursor
+        // is skipped and counted as corrupt). An honest ring has no slot
+        // beyond its end that holds an offset at or past that end, so this
+        // changes nothing there.
+        next = next.max(proven_end(mem, next));
         if next != raw {
             repair_cursor(hdr, raw, next, if believed { geo.slots } else { 0 });
         }
@@ -515,6 +528,20 @@ pub fn park_barrier() {
 /// `o + slots` far from wrapping).
 fn resume_cap(geo: Geometry) -> u64 {
     MAX_OFFSET - geo.slots - 1
+}
+
+/// One past the highest offset in `(from, from + slots)` whose slot holds
+/// exactly that offset, or `from` if none does: the end the slots prove
+/// beyond a resume's walk. One load per slot; only on a resume.
+fn proven_end<S: SlotMemory + ?Sized>(mem: &S, from: u64) -> u64 {
+    let geo = mem.geometry();
+    let mut end = from;
+    for x in from.saturating_add(1)..from.saturating_add(geo.slots).min(resume_cap(geo)) {
+        if mem.seq(x & geo.mask()).load(Ordering::Acquire) == holds(x) {
+            end = x + 1;
+        }
+    }
+    end
 }
 
 /// Publish the writer's `next` as the cursor after a resume: raise it, or

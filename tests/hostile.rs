@@ -19,8 +19,9 @@
 //! layout has no per-record checksum, so those records are indistinguishable
 //! from real ones (the README's "lost or garbled"). The scribbler writes
 //! impossible lengths (detected and counted as corrupt) and arbitrary
-//! sequence words (any value except the exact forgery, which random values
-//! hit with probability ~2^-63).
+//! sequence words, but never "holds x" for an offset x a reader may stand
+//! at (laps it forges are 2^20 rings below or 2^32 above the writer; random
+//! values hit a live offset with probability ~2^-40).
 
 mod common;
 
@@ -259,6 +260,70 @@ fn cursor_and_slot_zero_scribbled_do_not_restart_the_ring() {
         );
         assert_eq!(t.write_offset(0).unwrap(), 21);
         drop((p, map, t));
+    }
+    g.finish();
+}
+
+/// A cursor scribbled a little low plus one scribbled slot word after it:
+/// the takeover's walk stopped at that slot, two offsets below records
+/// already published, and the new writer rewrote them with the same
+/// sequence values. A reader copying one of them across the rewrite saw
+/// "holds 18" before and after and took a body mixed from two records
+/// (seqlock ABA; seen once in CI's debug hostile run as a checksum
+/// failure). The writer now resumes past every offset a slot proves, and
+/// the records there stay intact.
+#[test]
+fn takeover_never_rewrites_an_offset_a_slot_proves() {
+    let g = ShmGuard::new("aba");
+    {
+        let mgr = g.manager();
+        let t = mgr
+            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+            .unwrap();
+        let mut p = Producer::new(&t).unwrap();
+        for i in 0..20u64 {
+            p.try_send(&i.to_le_bytes()).unwrap();
+        }
+        drop(p);
+        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        map.u64_at(P_CURSOR).store(15, Ordering::SeqCst);
+        map.u64_at(slot_off(64, 17 % 8)).store(0, Ordering::SeqCst);
+        let mut p = Producer::new(&t).unwrap();
+        assert_eq!(
+            p.send(b"next").unwrap().offset,
+            20,
+            "resumed past 18 and 19"
+        );
+        for o in [18u64, 19] {
+            assert_eq!(
+                map.u64_at(slot_off(64, o % 8)).load(Ordering::SeqCst),
+                holds(o),
+                "offset {o} was not rewritten"
+            );
+        }
+        let mut c = Consumer::new(&t, "r").unwrap();
+        c.seek_partition(0, SeekPolicy::Offset(15)).unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < 5 && Instant::now() < deadline {
+            for r in c
+                .poll_timeout(16, Duration::from_millis(20))
+                .unwrap()
+                .records
+            {
+                got.push((r.offset, r.value.to_vec()));
+            }
+        }
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [15, 16, 18, 19, 20], "17 skipped as damaged");
+        assert_eq!(
+            got[2].1,
+            18u64.to_le_bytes(),
+            "offset 18 is the original record"
+        );
+        assert_eq!(got[4].1, b"next");
+        assert!(c.corrupt() > 0, "the skipped slot is counted as damage");
+        drop((c, p, map, t));
     }
     g.finish();
 }
@@ -904,6 +969,24 @@ fn payload_ok(v: &[u8]) -> bool {
     v.len() == payload_len(seq, SLOT as usize) && payload(seq, SLOT as usize) == v
 }
 
+/// What a record that failed its checksum looks like: the sequence number
+/// it claims, the length that number implies, and whether its bytes are a
+/// prefix of (or begin like) that payload, which tells a stale length word
+/// (a whole other record cut short) from a torn body (two records mixed).
+fn describe_bad(v: &[u8]) -> String {
+    if v.len() < 8 {
+        return format!("{} bytes", v.len());
+    }
+    let seq = u64::from_le_bytes(v[..8].try_into().unwrap());
+    let want = payload(seq, SLOT as usize);
+    let same = v.iter().zip(&want).take_while(|(a, b)| a == b).count();
+    format!(
+        "{} bytes, claims seq {seq} (length {}), first {same} bytes match it",
+        v.len(),
+        want.len()
+    )
+}
+
 fn report(pairs: &[(&str, u64)]) {
     let line: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tell_parent("report", line.join(","));
@@ -1062,10 +1145,10 @@ fn consumer_role(ns: &str, topic: &str, kind: &str, secs: u64) {
             if !payload_ok(&r.value) {
                 bad += 1;
                 eprintln!(
-                    "hostile: {kind} got a bad record at {}@{}: {} bytes",
+                    "hostile: {kind} got a bad record at {}@{}: {}",
                     r.partition,
                     r.offset,
-                    r.value.len()
+                    describe_bad(&r.value)
                 );
             }
         }
@@ -1252,26 +1335,28 @@ fn scribbler_role(ns: &str, topics: &[String], secs: u64, seed: u64) {
             let o = est[pi].saturating_sub(rng.below(SLOTS));
             let slot = slot_off(SLOT, o % SLOTS);
             if target < 30 {
+                // Stale and future laps are forged far from any offset a
+                // reader can stand at: "holds x" stored while the writer is
+                // copying x (or a reader sits at x over a slot being
+                // rewritten) is the exact forgery no check can catch (see the
+                // module docs), and near laps hit it: the cursor this process
+                // reads lags the writer, so `o + SLOTS` was often the offset
+                // being copied right then, and a caught-up reader watching
+                // that slot took the half-written body as intact (one CI
+                // debug run). A lap 2^20 rings below is one no reader holds
+                // (before the ring gets that far: 0, "never written"); 2^32
+                // rings above is beyond any run. Both still test what a
+                // wrong lap does to readers, `scan_end` and takeovers.
                 let v = match k {
                     0 => 0,
                     1 => writing(o),
-                    2 => holds(o.saturating_sub(SLOTS)),
-                    3 => holds(o + SLOTS * (1 + rng.below(3))),
+                    2 => o.checked_sub(SLOTS << 20).map_or(0, holds),
+                    3 => holds(o + (SLOTS << 32) * (1 + rng.below(3))),
                     4 => u64::MAX,
                     5 => u64::MAX - 1,
                     6 => rng.next() | 1,
                     _ => rng.next(),
                 };
-                // Never the exact forgery "holds o" (see the module docs).
-                // `holds(o + SLOTS * k)` (k = 3 above) is that forgery for a
-                // later offset of the same slot: the writer keeps a slot
-                // that already holds its next offset, so readers get the
-                // slot's older body there. Its payload is intact (the
-                // checksum covers the payload, not the offset), so the
-                // suite cannot tell and the README allows it; on a young
-                // ring the body could be one never written (0 bytes), which
-                // `scan_end` now outvotes (see
-                // `forged_future_lap_on_a_young_ring_is_outvoted`).
                 if v != holds(o) {
                     m.u64_at(slot).store(v, Ordering::Relaxed);
                     *counts.entry("seq").or_default() += 1;
