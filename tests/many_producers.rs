@@ -62,10 +62,13 @@ fn child_process() {
     }
 }
 
-/// Default producer: send `count` records round-robin over its partitions.
+/// Default producer: report its partitions, wait for "go" (so all the test's
+/// producers hold theirs at once), then send `count` records round-robin
+/// over them.
 fn producer(topic: &Topic, id: u32, count: u64) {
     let mut p = Producer::new(topic).expect("producer");
     tell_parent("partitions", format!("{:?}", p.partitions()));
+    assert_eq!(line_from_parent().as_deref(), Some("go"));
     for seq in 0..count {
         p.send(&encode(id, seq, 0)).expect("send");
     }
@@ -153,6 +156,17 @@ fn eight_producers_grow_a_two_partition_topic_and_one_group_reads_all() {
                 )
             })
             .collect();
+        // Every producer holds its partitions before any sends: one that
+        // finished early and dropped its producer would free its partitions
+        // for a late starter (seen in CI as producers 0 and 7 both owning
+        // [0, 1], one after the other), which is reuse, not two writers.
+        let mut owners: Vec<Vec<u32>> = Vec::new();
+        for kid in &mut kids {
+            owners.push(parse_list(&kid.wait_for("partitions", |_, _| {})));
+        }
+        for kid in &mut kids {
+            kid.say("go");
+        }
         // (producer, partition) -> last seq; producer -> seqs seen.
         let mut last: BTreeMap<(u32, u32), u64> = BTreeMap::new();
         let mut seen: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
@@ -182,14 +196,11 @@ fn eight_producers_grow_a_two_partition_topic_and_one_group_reads_all() {
             group.commit().unwrap();
         }
         let elapsed = start.elapsed();
-        let mut owners: Vec<Vec<u32>> = Vec::new();
         for kid in &mut kids {
-            let parts = kid.wait_for("partitions", |_, _| {});
-            owners.push(parse_list(&parts));
             kid.wait_for("done", |_, _| {});
             kid.wait_success();
         }
-        // Every producer had partitions of its own.
+        // Every producer had partitions of its own, all at the same time.
         let all: Vec<u32> = owners.iter().flatten().copied().collect();
         let distinct: BTreeSet<u32> = all.iter().copied().collect();
         assert_eq!(
