@@ -1008,21 +1008,7 @@ fn producer_role(ns: &str, topic: &str, secs: u64) {
         let prod = match p.as_mut() {
             Some(prod) => prod,
             None => match Producer::new(&t) {
-                Ok(prod) => {
-                    // A resume far below what this process already wrote
-                    // strands readers ahead (README known gap): say so.
-                    for (i, hi) in highest.iter_mut().enumerate() {
-                        let now = t.write_offset(i as u32).unwrap_or(0);
-                        if now.saturating_add(SLOTS) < *hi {
-                            eprintln!(
-                                "hostile-reset {topic} p{i}: resumed at {now} below {hi} at {} ms",
-                                start.elapsed().as_millis()
-                            );
-                        }
-                        *hi = (*hi).max(now);
-                    }
-                    p.insert(prod.with_send_timeout(Some(Duration::from_millis(20))))
-                }
+                Ok(prod) => p.insert(prod.with_send_timeout(Some(Duration::from_millis(20)))),
                 Err(Error::PartitionHeld { .. }) => {
                     held += 1;
                     std::thread::sleep(Duration::from_millis(2));
@@ -1036,7 +1022,22 @@ fn producer_role(ns: &str, topic: &str, secs: u64) {
             },
         };
         match prod.send(&payload(seq, SLOT as usize)) {
-            Ok(_) => {
+            Ok(at) => {
+                // A record landing more than a ring below one this process
+                // already wrote there: a takeover restarted the ring below
+                // what readers may have consumed (the README's remaining
+                // gap, from a forged majority of slot words). Say so.
+                let hi = &mut highest[at.partition as usize % PARTS as usize];
+                if at.offset.saturating_add(SLOTS) < *hi {
+                    eprintln!(
+                        "hostile-reset {topic} p{}: wrote {} below {} at {} ms",
+                        at.partition,
+                        at.offset,
+                        *hi,
+                        start.elapsed().as_millis()
+                    );
+                }
+                *hi = (*hi).max(at.offset);
                 sent += 1;
                 seq += 1;
             }
