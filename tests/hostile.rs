@@ -130,6 +130,28 @@ fn topic_cfg(overflow: Overflow, slots: u64, slot_size: u64) -> TopicConfig {
 // Targeted repairs.
 // ---------------------------------------------------------------------------
 
+/// An overwrite topic "ow" of 8 slots of 64 bytes whose partition 0 has
+/// offsets `0..n` written (record `i` is `i` as u64 LE) by a producer that
+/// is gone again, and a writable mapping of that partition.
+fn written_ring(g: &ShmGuard, n: u64) -> (Topic, Map) {
+    let t = g
+        .manager()
+        .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
+        .unwrap();
+    send_counts(&t, n);
+    let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+    (t, map)
+}
+
+/// Send records `0..n` (each its index as u64 LE) with a producer that is
+/// dropped afterwards.
+fn send_counts(t: &Topic, n: u64) {
+    let mut p = Producer::new(t).unwrap();
+    for i in 0..n {
+        p.try_send(&i.to_le_bytes()).unwrap();
+    }
+}
+
 /// Read everything up to `end` (exclusive) within 3 s; returns the offsets
 /// delivered.
 fn drain_to(c: &mut Consumer, end: u64) -> Vec<u64> {
@@ -238,16 +260,7 @@ fn forged_future_lap_on_a_young_ring_is_outvoted() {
 fn cursor_and_slot_zero_scribbled_do_not_restart_the_ring() {
     let g = ShmGuard::new("restart");
     {
-        let mgr = g.manager();
-        let t = mgr
-            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
-            .unwrap();
-        let mut p = Producer::new(&t).unwrap();
-        for i in 0..20u64 {
-            p.try_send(&i.to_le_bytes()).unwrap();
-        }
-        drop(p);
-        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        let (t, map) = written_ring(&g, 20);
         map.u64_at(P_CURSOR).store(0, Ordering::SeqCst);
         map.u64_at(slot_off(64, 0)).store(0, Ordering::SeqCst);
         let mut p = Producer::new(&t).unwrap();
@@ -276,16 +289,7 @@ fn cursor_and_slot_zero_scribbled_do_not_restart_the_ring() {
 fn takeover_never_rewrites_an_offset_a_slot_proves() {
     let g = ShmGuard::new("aba");
     {
-        let mgr = g.manager();
-        let t = mgr
-            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
-            .unwrap();
-        let mut p = Producer::new(&t).unwrap();
-        for i in 0..20u64 {
-            p.try_send(&i.to_le_bytes()).unwrap();
-        }
-        drop(p);
-        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        let (t, map) = written_ring(&g, 20);
         map.u64_at(P_CURSOR).store(15, Ordering::SeqCst);
         map.u64_at(slot_off(64, 17 % 8)).store(0, Ordering::SeqCst);
         let mut p = Producer::new(&t).unwrap();
@@ -344,11 +348,7 @@ fn reader_far_ahead_of_a_proven_writer_goes_back_to_it() {
             .unwrap();
         let mut c = Consumer::new(&t, "g").unwrap();
         c.seek(SeekPolicy::Earliest).unwrap();
-        let mut p = Producer::new(&t).unwrap();
-        for i in 0..40u64 {
-            p.try_send(&i.to_le_bytes()).unwrap();
-        }
-        drop(p);
+        send_counts(&t, 40);
         let _ = drain_to(&mut c, 40);
         // The ring as a writer restarted at 0 leaves it after 3 records.
         let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
@@ -385,11 +385,7 @@ fn competing_consumer_follows_a_writer_restarted_below_it() {
             .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
             .unwrap();
         let mut c = CompetingConsumer::join(&t, "w", 0, GroupOptions::default()).unwrap();
-        let mut p = Producer::new(&t).unwrap();
-        for i in 0..40u64 {
-            p.try_send(&i.to_le_bytes()).unwrap();
-        }
-        drop(p);
+        send_counts(&t, 40);
         let poll_until = |c: &mut CompetingConsumer, want: u64| -> Vec<u64> {
             let deadline = Instant::now() + Duration::from_secs(3);
             let mut got = Vec::new();
@@ -432,16 +428,7 @@ fn competing_consumer_follows_a_writer_restarted_below_it() {
 fn heavily_scribbled_ring_does_not_restart_at_zero() {
     let g = ShmGuard::new("plural");
     {
-        let mgr = g.manager();
-        let t = mgr
-            .create("ow", topic_cfg(Overflow::Overwrite, 8, 64))
-            .unwrap();
-        let mut p = Producer::new(&t).unwrap();
-        for i in 0..40u64 {
-            p.try_send(&i.to_le_bytes()).unwrap();
-        }
-        drop(p);
-        let map = Map::open(&shmq::protocol::name::partition_region(g.ns(), "ow", 0));
+        let (t, map) = written_ring(&g, 40);
         map.u64_at(P_CURSOR).store(1 << 62, Ordering::SeqCst);
         for i in 0..4u64 {
             map.u64_at(slot_off(64, i)).store(0, Ordering::SeqCst);
